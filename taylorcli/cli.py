@@ -1,0 +1,120 @@
+"""The `taylorcli` command line: parse, call one function per command, print."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+
+from .data import DataError
+from .recipe import RecipeError, dump_recipe, load_recipe
+from .runs import RunDirError
+
+app = typer.Typer(
+    help="Train a network and its order-1..K Taylorized models in lockstep, and measure how "
+         "closely they agree (Bai et al. 2020).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+
+BAD_INPUT = 2
+INPUT_ERRORS = (RecipeError, DataError, RunDirError)
+
+
+def _bad_input(message: str) -> typer.Exit:
+    print(f"taylorcli: error: {message}", file=sys.stderr, flush=True)
+    return typer.Exit(BAD_INPUT)
+
+
+@app.callback()
+def main() -> None:
+    """Taylorized training, from a recipe to the paper's tables."""
+
+
+@app.command()
+def train(
+    recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/digits.yaml.",
+                                  show_default=False),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory [default: runs/NAME]."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="Override a recipe field, e.g. --set optim.lr=0.01 "
+                                        "(repeatable)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume",
+                                help="Continue the run in --out if there is one; --no-resume "
+                                     "starts it over."),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="Validate the recipe and print its parameter count and the "
+                                      "compiled step's FLOPs and memory; train nothing."),
+) -> None:
+    """Train the full network and its Taylorized models in lockstep on one recipe.
+
+    Example: taylorcli train recipes/digits.yaml --set train.epochs=5 --out runs/digits-short
+    """
+    try:
+        r = load_recipe(recipe, set_)
+        if dry_run:
+            _dry_run(r)
+            return
+        from .progress import make_progress
+        from .trainer import train as run_training
+
+        result = run_training(r, str(out or Path("runs") / r.name), make_progress(console),
+                              resume=resume)
+    except INPUT_ERRORS as e:
+        raise _bad_input(str(e)) from None
+    _print_final(result.final)
+
+
+def _dry_run(r) -> None:
+    from .costs import recipe_spec, step_cost
+    from .train import build_engine
+
+    console.print(Syntax(dump_recipe(r), "yaml", theme="ansi_dark", background_color="default"))
+    spec = recipe_spec(r)
+    engine = build_engine(r, spec)
+    console.print(f"compiling the lockstep step ({', '.join(engine.names)}) ...")
+    cost = step_cost(r)
+    table = Table(title=f"{r.name}: dry run ({cost.backend})", title_justify="left")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    rows = [
+        ("parameters per model", f"{cost.params:,}"),
+        ("models in lockstep", str(len(engine.names))),
+        ("input", f"{spec.train_size:,} x {'x'.join(map(str, spec.image_shape))} "
+                  f"({spec.num_classes} classes)"),
+        ("steps per epoch", f"{engine.steps_per_epoch:,}"),
+        ("total steps", f"{engine.steps_per_epoch * r.train.epochs:,}"),
+        ("FLOPs per lockstep step", f"{cost.flops:.4g}"),
+        ("compiled memory: arguments", _gib(cost.argument_bytes)),
+        ("compiled memory: outputs", _gib(cost.output_bytes)),
+        ("compiled memory: temporaries", _gib(cost.temp_bytes)),
+        ("compiled memory: peak (donated state reused)", _gib(cost.peak_bytes)),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3f} GiB"
+
+
+def _print_final(rows: list[dict]) -> None:
+    table = Table(title="final evaluation", title_justify="left")
+    for col in ("model", "test_acc", "test_loss", "cos_param", "cos_func", "diverged"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for row in rows:
+        table.add_row(row["model"], f"{row['test_acc']:.4f}", f"{row['test_loss']:.4f}",
+                      f"{row['cos_param']:.4f}", f"{row['cos_func']:.4f}", str(row["diverged"]))
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

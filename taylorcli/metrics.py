@@ -1,0 +1,62 @@
+"""Agreement between the full network and its Taylorized models (Bai et al. 2020, Section 5)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _flat(tree) -> jax.Array:
+    return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+def cos_param(params_a, params_b, params0) -> jax.Array:
+    """Cosine between the two models' displacements θ − θ0, over all parameters (NaN at θ0)."""
+    da = _flat(params_a) - _flat(params0)
+    db = _flat(params_b) - _flat(params0)
+    return jnp.dot(da, db) / (jnp.linalg.norm(da) * jnp.linalg.norm(db))
+
+
+def cos_func(logits_a, logits_b) -> float:
+    """Cosine of two models' test logits, each example centred over classes, all flattened."""
+    a = np.asarray(logits_a, np.float64)
+    b = np.asarray(logits_b, np.float64)
+    a = (a - a.mean(axis=-1, keepdims=True)).ravel()
+    b = (b - b.mean(axis=-1, keepdims=True)).ravel()
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def layer_paths(params) -> list[str]:
+    """The layers of a network: the modules that own parameters, as '/'-joined paths."""
+    seen = []
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+        layer = "/".join(str(getattr(k, "key", k)) for k in path[:-1])
+        if layer not in seen:
+            seen.append(layer)
+    return seen
+
+
+def layer_movement(params, params0) -> tuple[jax.Array, jax.Array]:
+    """Per layer ‖θ_ℓ − θ_ℓ(0)‖_F and that distance over ‖θ_ℓ(0)‖_F, in `layer_paths` order."""
+    moved: dict[str, list] = {}
+    start: dict[str, list] = {}
+    flat0 = dict(_by_path(params0))
+    for path, leaf in _by_path(params):
+        layer = path.rsplit("/", 1)[0]
+        moved.setdefault(layer, []).append(jnp.sum((leaf - flat0[path]) ** 2))
+        start.setdefault(layer, []).append(jnp.sum(flat0[path] ** 2))
+    dist = jnp.sqrt(jnp.stack([sum(v) for v in moved.values()]))
+    norm = jnp.sqrt(jnp.stack([sum(v) for v in start.values()]))
+    return dist, dist / norm
+
+
+def _by_path(tree):
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        yield "/".join(str(getattr(k, "key", k)) for k in path), leaf
+
+
+def loss_and_accuracy(logits, labels, loss_fn) -> tuple[float, float]:
+    """Mean loss and accuracy of logits against integer labels."""
+    logits = jnp.asarray(logits)
+    return float(loss_fn(logits, labels)), float(jnp.mean(jnp.argmax(logits, -1) == labels))

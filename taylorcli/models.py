@@ -1,0 +1,183 @@
+"""The networks of the papers: CNN-L-C, WideResNet-16-k-C (no batch norm) and an MLP.
+
+Standard parameterization: Glorot-normal weights, small normal biases (as
+`jax.example_libraries.stax`, which the papers' code used: N(0, 1e-6²) for
+convolutions, N(0, 1e-2²) for dense layers). NTK parameterization (Lee et al.
+2019): W, b ~ N(0, 1) and h = σ_w/√fan_in · W x + σ_b · b.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+ACTIVATIONS: dict[str, Callable] = {
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "gelu": jax.nn.gelu,
+    "softplus": jax.nn.softplus,
+}
+
+
+class _Parameterized(nn.Module):
+    """Shared weight/bias creation for both parameterizations."""
+
+    features: int
+    parameterization: str = "standard"
+    w_std: float = math.sqrt(2.0)
+    b_std: float = 0.1
+    bias_init_std: float = 1e-6
+
+    def _params(self, shape, fan_in):
+        ntk = self.parameterization == "ntk"
+        w_init = nn.initializers.normal(1.0) if ntk else nn.initializers.glorot_normal()
+        b_init = nn.initializers.normal(1.0 if ntk else self.bias_init_std)
+        w = self.param("kernel", w_init, shape)
+        b = self.param("bias", b_init, (self.features,))
+        if ntk:
+            return w, self.w_std / math.sqrt(fan_in), b * self.b_std
+        return w, 1.0, b
+
+
+class Conv(_Parameterized):
+    """3x3 convolution with bias, in either parameterization."""
+
+    stride: int = 1
+    padding: str = "SAME"
+
+    @nn.compact
+    def __call__(self, x):
+        c_in = x.shape[-1]
+        w, scale, b = self._params((3, 3, c_in, self.features), 9 * c_in)
+        y = lax.conv_general_dilated(
+            x, w, (self.stride, self.stride), self.padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return (y * scale if scale != 1.0 else y) + b
+
+
+class Dense(_Parameterized):
+    """Fully connected layer with bias, in either parameterization."""
+
+    bias_init_std: float = 1e-2
+
+    @nn.compact
+    def __call__(self, x):
+        w, scale, b = self._params((x.shape[-1], self.features), x.shape[-1])
+        y = x @ w
+        return (y * scale if scale != 1.0 else y) + b
+
+
+class CNN(nn.Module):
+    """CNN-L-C: L VALID 3x3 convolutions of C channels with activation, global average pool, dense."""
+
+    depth: int
+    width: int
+    num_classes: int
+    activation: str = "relu"
+    parameterization: str = "standard"
+    w_std: float = math.sqrt(2.0)
+    b_std: float = 0.1
+
+    @nn.compact
+    def __call__(self, x):
+        act = ACTIVATIONS[self.activation]
+        kw = dict(parameterization=self.parameterization, w_std=self.w_std, b_std=self.b_std)
+        for i in range(self.depth):
+            x = act(Conv(self.width, padding="VALID", name=f"conv{i + 1}", **kw)(x))
+        x = x.mean(axis=(1, 2))
+        return Dense(self.num_classes, name="dense", **kw)(x)
+
+
+class WideResNet(nn.Module):
+    """WideResNet-depth-k-C without batch norm: pre-activation blocks, 3x3 conv shortcuts on channel change."""
+
+    depth: int
+    widen: int
+    width: int
+    num_classes: int
+    activation: str = "relu"
+    parameterization: str = "standard"
+    w_std: float = math.sqrt(2.0)
+    b_std: float = 0.1
+
+    @nn.compact
+    def __call__(self, x):
+        act = ACTIVATIONS[self.activation]
+        kw = dict(parameterization=self.parameterization, w_std=self.w_std, b_std=self.b_std)
+        blocks = (self.depth - 4) // 6
+        x = Conv(self.width, name="conv0", **kw)(x)
+        for g, (mult, stride) in enumerate([(16, 1), (32, 2), (64, 2)], start=1):
+            channels = mult * self.widen
+            for b in range(1, blocks + 1):
+                s = stride if b == 1 else 1
+                name = f"group{g}_block{b}"
+                h = Conv(channels, stride=s, name=f"{name}_conv1", **kw)(act(x))
+                h = Conv(channels, name=f"{name}_conv2", **kw)(act(h))
+                if x.shape[-1] != channels:
+                    x = Conv(channels, stride=s, name=f"{name}_shortcut", **kw)(x)
+                x = x + h
+        # The paper's 8x8 average pool on 32x32 inputs is a global pool; smaller inputs pool globally too.
+        x = x.mean(axis=(1, 2))
+        return Dense(self.num_classes, name="dense", **kw)(x)
+
+
+class MLP(nn.Module):
+    """Fully connected network: flatten, `depth` hidden layers of `width` units, dense output."""
+
+    depth: int
+    width: int
+    num_classes: int
+    activation: str = "relu"
+    parameterization: str = "standard"
+    w_std: float = math.sqrt(2.0)
+    b_std: float = 0.1
+
+    @nn.compact
+    def __call__(self, x):
+        act = ACTIVATIONS[self.activation]
+        kw = dict(parameterization=self.parameterization, w_std=self.w_std, b_std=self.b_std)
+        x = x.reshape(x.shape[0], -1)
+        for i in range(self.depth):
+            x = act(Dense(self.width, name=f"dense{i + 1}", **kw)(x))
+        return Dense(self.num_classes, name="dense", **kw)(x)
+
+
+def build_model(cfg, num_classes: int) -> nn.Module:
+    """The flax module a recipe's `model` section describes."""
+    common = dict(
+        num_classes=num_classes, activation=cfg.activation,
+        parameterization=cfg.parameterization, w_std=cfg.w_std, b_std=cfg.b_std,
+    )
+    if cfg.arch == "cnn":
+        return CNN(depth=cfg.depth, width=cfg.width, **common)
+    if cfg.arch == "wrn":
+        return WideResNet(depth=cfg.depth, widen=cfg.widen, width=cfg.width, **common)
+    if cfg.arch == "mlp":
+        return MLP(depth=cfg.depth, width=cfg.width, **common)
+    raise ValueError(f"unknown architecture {cfg.arch!r}")
+
+
+def init_params(model: nn.Module, key, image_shape) -> dict:
+    """Initial parameters for inputs of shape (H, W, C)."""
+    return model.init(key, jnp.zeros((1, *image_shape), jnp.float32))["params"]
+
+
+def abstract_params(model: nn.Module, image_shape) -> dict:
+    """Parameter shapes without computing anything."""
+    return jax.eval_shape(lambda k: init_params(model, k, image_shape), jax.random.key(0))
+
+
+def count_params(params) -> int:
+    """Number of scalar parameters."""
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+
+
+def apply_fn(model: nn.Module) -> Callable:
+    """`f(params, x) -> logits`, the function every Taylorized model expands."""
+    return lambda params, x: model.apply({"params": params}, x)

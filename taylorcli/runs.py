@@ -1,0 +1,102 @@
+"""The run directory: every file a later `compare` or `report` needs, written atomically."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+METRICS_COLUMNS = [
+    "model", "order", "epoch", "step", "lr", "train_loss", "train_acc",
+    "test_loss", "test_acc", "cos_param", "cos_func", "diverged",
+]
+LAYERS_COLUMNS = ["model", "epoch", "layer", "distance", "relative_distance"]
+
+
+class RunDirError(Exception):
+    """A run directory that cannot be used; str(e) is one line naming the path."""
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file so that readers see the old or the new content, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunDir:
+    """One run's directory: recipe.yaml, metrics.csv, layers.csv, logits/, checkpoints/."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def layers_path(self) -> Path:
+        return self.path / "layers.csv"
+
+    def has_run(self) -> bool:
+        """Whether a run has already written results here."""
+        return self.metrics_path.exists() or (self.path / "recipe.yaml").exists()
+
+    def prepare(self) -> None:
+        """Create the directory, or say in one line why it cannot be written."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise RunDirError(f"--out {self.path}: cannot write there ({e.strerror or e})") from None
+
+    def clear_results(self) -> None:
+        """Remove the results of an earlier run (on an explicit --no-resume)."""
+        for name in ("metrics.csv", "layers.csv", "recipe.yaml"):
+            (self.path / name).unlink(missing_ok=True)
+        logits = self.path / "logits"
+        if logits.is_dir():
+            for f in logits.glob("*.npz"):
+                f.unlink()
+
+    def write_recipe(self, text: str) -> None:
+        """The fully resolved recipe, as run."""
+        write_atomic(self.path / "recipe.yaml", text.encode())
+
+    def write_table(self, path: Path, rows: list[dict], columns: list[str]) -> None:
+        """A whole CSV table, atomically."""
+        buf = io.StringIO()
+        pd.DataFrame(rows, columns=columns).to_csv(buf, index=False, float_format="%.8g")
+        write_atomic(path, buf.getvalue().encode())
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        """metrics.csv: one row per (model, evaluation point)."""
+        self.write_table(self.metrics_path, rows, METRICS_COLUMNS)
+
+    def write_layers(self, rows: list[dict]) -> None:
+        """layers.csv: layer movement per (model, evaluation point, layer)."""
+        self.write_table(self.layers_path, rows, LAYERS_COLUMNS)
+
+    def write_logits(self, step: int, logits: dict[str, np.ndarray]) -> None:
+        """Test logits of every model at one evaluation point."""
+        buf = io.BytesIO()
+        np.savez(buf, **{k.replace("/", "__"): np.asarray(v) for k, v in logits.items()})
+        write_atomic(self.path / "logits" / f"step{step:08d}.npz", buf.getvalue())
+
+    def read_metrics(self) -> pd.DataFrame:
+        """metrics.csv as a DataFrame."""
+        return pd.read_csv(self.metrics_path)
