@@ -1,0 +1,190 @@
+"""taylorize (Taylor mode) against independent computations: nested JVPs, closed forms, finite t."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from jax.experimental import jet
+
+from taylorcli import taylorize, taylorize_nested
+from taylorcli.models import CNN, MLP, WideResNet
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    # Differences between two exact constructions must be rounding only; float64 makes that visible.
+    with jax.enable_x64(True):
+        yield
+
+
+def perturbed(params, scale, seed=1):
+    """θ0 + a random displacement of relative size `scale` per leaf."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    out = [p + scale * (jnp.std(p) + 1e-3) * jax.random.normal(k, p.shape, p.dtype)
+           for p, k in zip(leaves, keys)]
+    return jax.tree.unflatten(tree, out)
+
+
+def rel_diff(a, b):
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+def network(kind, activation):
+    """A small network of each family, its float64 θ0, an input batch and a displaced θ."""
+    if kind == "dense":
+        model, shape = MLP(depth=3, width=6, num_classes=3, activation=activation), (2, 5)
+    elif kind == "conv":
+        model, shape = CNN(depth=3, width=4, num_classes=3, activation=activation), (2, 8, 8, 2)
+    else:
+        model = WideResNet(depth=10, widen=1, width=3, num_classes=3, activation=activation)
+        shape = (2, 8, 8, 2)
+    x = jax.random.normal(jax.random.key(7), shape, jnp.float64)
+    params0 = model.init(jax.random.key(0), x)["params"]
+    params0 = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(3), p.shape), params0)
+    apply = lambda p, x: model.apply({"params": p}, x)
+    return apply, params0, x, perturbed(params0, 0.5)
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv", "residual"])
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_taylor_mode_equals_nested_jvps(kind, activation):
+    apply, params0, x, params = network(kind, activation)
+    worst = 0.0
+    for order in range(1, 6):
+        fast = jax.jit(taylorize(apply, params0, order))(params, x)
+        ref = jax.jit(taylorize_nested(apply, params0, order))(params, x)
+        worst = max(worst, rel_diff(fast, ref))
+    assert worst < 1e-10, worst
+
+
+def test_gelu_and_softplus_equal_nested():
+    # gelu: tanh, integer_pow and products of series; softplus: a custom_jvp (logaddexp).
+    for act in ["gelu", "softplus"]:
+        apply, params0, x, params = network("dense", act)
+        for order in (2, 4):
+            fast = taylorize(apply, params0, order)(params, x)
+            ref = taylorize_nested(apply, params0, order)(params, x)
+            assert rel_diff(fast, ref) < 1e-10, (act, order)
+
+
+def test_jet_fails_on_relu_but_taylorize_does_not():
+    # The reason taylorize has its own ReLU rule: jet cannot see through relu's custom JVP.
+    with pytest.raises(Exception):
+        jet.jet(jax.nn.relu, (jnp.ones(3),), ((jnp.ones(3), jnp.ones(3)),))
+    f = lambda p, x: jnp.sum(jax.nn.relu(x * p["w"]) ** 2)
+    p0, p = {"w": jnp.array([1.0, -1.0, 0.5])}, {"w": jnp.array([0.7, -0.2, 2.0])}
+    x = jnp.array([1.0, 2.0, -3.0])
+    for order in (1, 2, 3):
+        assert jnp.allclose(taylorize(f, p0, order)(p, x), taylorize_nested(f, p0, order)(p, x))
+
+
+def test_relu_at_an_exact_tie_follows_its_custom_jvp():
+    # Zero pre-activations at θ0 (zero-padded image borders, zero bias) are common; relu's JVP
+    # there is 0, and nested JVPs say so too.
+    def f(p, x):
+        h = lax.conv_general_dilated(x, p["w"], (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["b"]
+        return jnp.sum(jax.nn.relu(h) * p["v"])
+
+    x = jnp.pad(jax.random.normal(jax.random.key(0), (1, 4, 4, 1)), [(0, 0), (3, 3), (3, 3), (0, 0)])
+    p0 = {"w": jax.random.normal(jax.random.key(1), (3, 3, 1, 2)), "b": jnp.zeros(2),
+          "v": jnp.ones((1, 10, 10, 2))}
+    p = perturbed(p0, 1.0)
+    for order in (1, 2, 3):
+        assert rel_diff(taylorize(f, p0, order)(p, x), taylorize_nested(f, p0, order)(p, x)) < 1e-12
+
+
+def test_expansion_point_is_exact():
+    apply, params0, x, _ = network("conv", "relu")
+    for order in (1, 3):
+        assert jnp.allclose(taylorize(apply, params0, order)(params0, x), apply(params0, x),
+                            rtol=1e-12, atol=1e-12)
+
+
+def test_deep_linear_network_equals_its_order_L_expansion():
+    # f is a polynomial of degree L in θ: f_L = f exactly, f_{L-1} does not.
+    L = 4
+    ws0 = [jax.random.normal(jax.random.key(i), (3, 3)) for i in range(L)]
+    f = lambda ws, x: x @ ws[0] @ ws[1] @ ws[2] @ ws[3]
+    ws = perturbed(ws0, 0.8)
+    x = jnp.eye(3)
+    assert rel_diff(taylorize(f, ws0, L)(ws, x), f(ws, x)) < 1e-12
+    assert rel_diff(taylorize(f, ws0, L - 1)(ws, x), f(ws, x)) > 1e-3
+
+
+def test_closed_form_of_exp():
+    # f(θ; x) = exp(θ x): f_k = exp(θ0 x) Σ_{j≤k} ((θ − θ0) x)^j / j!.
+    f = lambda p, x: jnp.exp(p * x)
+    x = jnp.linspace(-1.0, 2.0, 5)
+    th0, th = 0.3, 1.1
+    for k in range(1, 6):
+        closed = jnp.exp(th0 * x) * sum(((th - th0) * x) ** j / math.factorial(j) for j in range(k + 1))
+        assert rel_diff(taylorize(f, jnp.float64(th0), k)(jnp.float64(th), x), closed) < 1e-13
+
+
+def test_error_shrinks_like_t_to_the_k_plus_1():
+    # Finite displacements: |f(θ0 + tΔ) − f_k(θ0 + tΔ)| = O(t^{k+1}), so halving t divides it by 2^{k+1}.
+    apply, params0, x, params = network("dense", "tanh")
+    delta = jax.tree.map(jnp.subtract, params, params0)
+    for k in (1, 2, 3):
+        fk = taylorize(apply, params0, k)
+        errs = []
+        for t in (0.02, 0.01):
+            p = jax.tree.map(lambda a, d: a + t * d, params0, delta)
+            errs.append(float(jnp.max(jnp.abs(fk(p, x) - apply(p, x)))))
+        assert errs[0] / errs[1] == pytest.approx(2 ** (k + 1), rel=0.15), (k, errs)
+
+
+def test_derivatives_at_theta0_agree_up_to_order_k():
+    # D^j f_k(θ0)[v,…,v] = D^j f(θ0)[v,…,v] for j ≤ k, and D^{k+1} f_k = 0 (f_k is a polynomial).
+    apply, params0, x, params = network("conv", "tanh")
+    v = jax.tree.map(jnp.subtract, perturbed(params0, 1.0, seed=5), params0)
+
+    def directional(fn, j):
+        g = lambda p: fn(p, x)
+        for _ in range(j):
+            g = (lambda h: lambda p: jax.jvp(h, (p,), (v,))[1])(g)
+        return g(params0)
+
+    k = 2
+    fk = taylorize(apply, params0, k)
+    for j in range(1, k + 1):
+        assert rel_diff(directional(fk, j), directional(apply, j)) < 1e-9
+    assert float(jnp.max(jnp.abs(directional(fk, k + 1)))) < 1e-9
+
+
+def test_gradients_equal_nested_gradients():
+    apply, params0, x, params = network("residual", "relu")
+    loss = lambda fn: lambda p: jnp.sum(jnp.sin(fn(p, x)))
+    for order in (2, 3):
+        g1 = jax.jit(jax.grad(loss(taylorize(apply, params0, order))))(params)
+        g2 = jax.jit(jax.grad(loss(taylorize_nested(apply, params0, order))))(params)
+        for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+            assert rel_diff(a, b) < 1e-10
+
+
+def test_general_path_control_flow_pooling_and_custom_jvp():
+    # Primitives the fast path does not know: max pooling, reduce_max, softmax, a fori_loop.
+    def f(p, x):
+        h = jnp.tanh(x @ p["a"])
+        h = lax.reduce_window(h, -jnp.inf, lax.max, (1, 2), (1, 2), "VALID")
+        h = lax.fori_loop(0, 3, lambda i, z: jnp.sin(z) * p["c"], h)
+        return jax.nn.softmax(h, axis=-1) + jnp.max(h, axis=-1, keepdims=True)
+
+    p0 = {"a": jax.random.normal(jax.random.key(0), (3, 6)), "c": jnp.float64(0.9)}
+    p = perturbed(p0, 0.3)
+    x = jax.random.normal(jax.random.key(2), (4, 3))
+    for order in (1, 2, 3):
+        assert rel_diff(taylorize(f, p0, order)(p, x), taylorize_nested(f, p0, order)(p, x)) < 1e-10
+
+
+def test_pytree_outputs_and_bad_order():
+    f = lambda p, x: {"y": p * x, "z": (jnp.sin(p * x),)}
+    out = taylorize(f, jnp.float64(0.5), 2)(jnp.float64(0.7), jnp.ones(2))
+    assert set(out) == {"y", "z"} and out["z"][0].shape == (2,)
+    with pytest.raises(ValueError):
+        taylorize(f, 0.5, -1)
