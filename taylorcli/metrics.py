@@ -11,10 +11,22 @@ def _flat(tree) -> jax.Array:
     return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
 
 
+def _unit(x) -> jax.Array:
+    # Divide by the largest entry first: squares of large but finite float32 values overflow.
+    return x / jnp.max(jnp.abs(x))
+
+
+def safe_norm(x) -> jax.Array:
+    """Euclidean norm without overflow for large finite entries (0 for a zero vector)."""
+    scale = jnp.max(jnp.abs(x))
+    safe = jnp.where(scale > 0, scale, 1.0)
+    return scale * jnp.sqrt(jnp.sum((x / safe) ** 2))
+
+
 def cos_param(params_a, params_b, params0) -> jax.Array:
     """Cosine between the two models' displacements θ − θ0, over all parameters (NaN at θ0)."""
-    da = _flat(params_a) - _flat(params0)
-    db = _flat(params_b) - _flat(params0)
+    da = _unit(_flat(params_a) - _flat(params0))
+    db = _unit(_flat(params_b) - _flat(params0))
     return jnp.dot(da, db) / (jnp.linalg.norm(da) * jnp.linalg.norm(db))
 
 
@@ -44,10 +56,10 @@ def layer_movement(params, params0) -> tuple[jax.Array, jax.Array]:
     flat0 = dict(_by_path(params0))
     for path, leaf in _by_path(params):
         layer = path.rsplit("/", 1)[0]
-        moved.setdefault(layer, []).append(jnp.sum((leaf - flat0[path]) ** 2))
-        start.setdefault(layer, []).append(jnp.sum(flat0[path] ** 2))
-    dist = jnp.sqrt(jnp.stack([sum(v) for v in moved.values()]))
-    norm = jnp.sqrt(jnp.stack([sum(v) for v in start.values()]))
+        moved.setdefault(layer, []).append(jnp.ravel(leaf - flat0[path]))
+        start.setdefault(layer, []).append(jnp.ravel(flat0[path]))
+    dist = jnp.stack([safe_norm(jnp.concatenate(v)) for v in moved.values()])
+    norm = jnp.stack([safe_norm(jnp.concatenate(v)) for v in start.values()])
     return dist, dist / norm
 
 

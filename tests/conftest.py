@@ -3,7 +3,6 @@
 import copy
 
 import pytest
-import yaml
 
 from taylorcli.recipe import Recipe, recipe_from_dict
 
@@ -20,13 +19,13 @@ TINY = {
 }
 
 
-@pytest.fixture
-def tiny_raw() -> dict:
-    """A fresh, mutable copy of the tiny recipe as a nested dict."""
-    return copy.deepcopy(TINY)
+@pytest.fixture(scope="session")
+def tiny_dict():
+    """`tiny_dict()`: a fresh, mutable copy of the tiny recipe as a nested dict."""
+    return lambda: copy.deepcopy(TINY)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_recipe():
     """`tiny_recipe("optim.lr=0.5", ...)`: the tiny recipe with `--set`-style overrides."""
 
@@ -34,14 +33,3 @@ def tiny_recipe():
         return recipe_from_dict(copy.deepcopy(TINY), "tiny", overrides)
 
     return make
-
-
-@pytest.fixture
-def write_yaml():
-    """`write_yaml(path, raw_dict)`: write a recipe dict as YAML and return the path."""
-
-    def write(path, raw: dict):
-        path.write_text(yaml.safe_dump(raw, sort_keys=False))
-        return path
-
-    return write

@@ -21,7 +21,6 @@ from taylorcli.models import (
     abstract_params,
     build_model,
     count_params,
-    init_params,
 )
 from taylorcli.recipe import load_recipe
 
@@ -123,12 +122,20 @@ def f64(tree):
     return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
 
 
+def random_params(module, x, seed):
+    """The module's parameter tree (shapes from flax, nothing compiled), filled with N(0, 1/2)."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), x))["params"]
+    return jax.tree.map(lambda s: (0.5 * rng.normal(size=s.shape)).astype(np.float32), shapes)
+
+
 def test_dense_ntk_closed_form():
     w_std, b_std = 1.7, 0.3
     layer = Dense(6, parameterization="ntk", w_std=w_std, b_std=b_std)
     x = np.random.default_rng(0).normal(size=(4, 11)).astype(np.float32)
-    p = f64(layer.init(jax.random.key(1), x)["params"])
-    expected = w_std / math.sqrt(11) * x @ p["kernel"] + b_std * p["bias"]
+    p = random_params(layer, x, 1)
+    q = f64(p)
+    expected = w_std / math.sqrt(11) * x @ q["kernel"] + b_std * q["bias"]
     np.testing.assert_allclose(layer.apply({"params": p}, x), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -137,9 +144,10 @@ def test_conv_ntk_closed_form(padding, np_conv):
     w_std, b_std = 1.3, 0.2
     layer = Conv(5, padding=padding, parameterization="ntk", w_std=w_std, b_std=b_std)
     x = np.random.default_rng(0).normal(size=(2, 7, 6, 3)).astype(np.float32)
-    p = f64(layer.init(jax.random.key(2), x)["params"])
+    p = random_params(layer, x, 2)
     fan_in = 9 * 3
-    expected = w_std / math.sqrt(fan_in) * np_conv(x, p["kernel"]) + b_std * p["bias"]
+    q = f64(p)
+    expected = w_std / math.sqrt(fan_in) * np_conv(x, q["kernel"]) + b_std * q["bias"]
     y = layer.apply({"params": p}, x)
     assert y.shape == expected.shape
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
@@ -152,28 +160,32 @@ def test_cnn_forward_matches_hand_numpy(parameterization):
     model = CNN(depth=2, width=5, num_classes=10, parameterization=parameterization,
                 w_std=w_std, b_std=b_std)
     x = np.random.default_rng(3).normal(size=(3, 12, 12, 1)).astype(np.float32)
-    p = f64(init_params(model, jax.random.key(4), (12, 12, 1)))
+    p = random_params(model, x, 4)
     ntk = parameterization == "ntk"
 
     def scale(fan_in):
         return w_std / math.sqrt(fan_in) if ntk else 1.0
 
     bias = b_std if ntk else 1.0
-    h = np.maximum(scale(9 * 1) * np_conv_valid(x, p["conv1"]["kernel"]) + bias * p["conv1"]["bias"], 0)
-    assert h.shape == (3, 10, 10, 5)
-    h = np.maximum(scale(9 * 5) * np_conv_valid(h, p["conv2"]["kernel"]) + bias * p["conv2"]["bias"], 0)
-    assert h.shape == (3, 8, 8, 5)
-    h = h.mean(axis=(1, 2))
-    expected = scale(5) * h @ p["dense"]["kernel"] + bias * p["dense"]["bias"]
-    np.testing.assert_allclose(model.apply({"params": p}, x), expected, rtol=1e-4, atol=1e-5)
+    q = f64(p)
+    z1 = scale(9 * 1) * np_conv_valid(x, q["conv1"]["kernel"]) + bias * q["conv1"]["bias"]
+    z2 = scale(9 * 5) * np_conv_valid(np.maximum(z1, 0), q["conv2"]["kernel"]) + bias * q["conv2"]["bias"]
+    pooled = np.maximum(z2, 0).mean(axis=(1, 2))
+    expected = scale(5) * pooled @ q["dense"]["kernel"] + bias * q["dense"]["bias"]
+    y, inter = model.apply({"params": p}, x, capture_intermediates=True)
+    # VALID: 12x12 -> 10x10 -> 8x8 (SAME would keep 12x12). Captured: each conv's output.
+    assert z1.shape == (3, 10, 10, 5) and z2.shape == (3, 8, 8, 5)
+    np.testing.assert_allclose(inter["intermediates"]["conv1"]["__call__"][0], z1, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(inter["intermediates"]["conv2"]["__call__"][0], z2, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_cnn_intermediate_spatial_sizes():
     model = CNN(depth=4, width=3, num_classes=10)
     x = jnp.zeros((1, 12, 12, 1))
-    p = init_params(model, jax.random.key(0), (12, 12, 1))
-    _, state = model.apply({"params": p}, x, capture_intermediates=True)
-    sizes = [state["intermediates"][f"conv{i}"]["__call__"][0].shape for i in range(1, 5)]
+    shapes = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), x, capture_intermediates=True))
+    inter = shapes[1]["intermediates"]
+    sizes = [inter[f"conv{i}"]["__call__"][0].shape for i in range(1, 5)]
     assert sizes == [(1, 10, 10, 3), (1, 8, 8, 3), (1, 6, 6, 3), (1, 4, 4, 3)]
 
 

@@ -1,0 +1,362 @@
+"""Engine semantics: the lockstep step against a hand-written SGD, evaluation, determinism,
+divergence, evaluation points and the learning-rate schedule."""
+
+import io
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from taylorcli import data as data_lib
+from taylorcli.models import build_model, init_params
+from taylorcli.progress import PlainProgress
+from taylorcli.train import (
+    build_engine,
+    epoch_permutation,
+    init_state,
+    make_train_step,
+    rng_streams,
+)
+from taylorcli.trainer import Evaluator, evaluation_steps, load_data, spec_of, train
+
+# ---------------------------------------------------------------------------
+# Independent reference: the models, the loss and the optimizer written out by hand.
+
+
+def ce_loss(logits, y):
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1))
+
+
+def hand_models(f, theta0):
+    """full, order1, order2 from their definitions along the segment θ0 + t (θ − θ0), t = 1.
+
+    h(t) = f(θ0 + t Δ, x);  f_k(θ) = Σ_{j ≤ k} h^{(j)}(0) / j!.
+    """
+
+    def along(p, x):
+        delta = jax.tree.map(jnp.subtract, p, theta0)
+        return lambda t: f(jax.tree.map(lambda a, d: a + t * d, theta0, delta), x)
+
+    def order1(p, x):
+        h = along(p, x)
+        h0, h1 = jax.jvp(h, (0.0,), (1.0,))
+        return h0 + h1
+
+    def order2(p, x):
+        h = along(p, x)
+        dh = lambda t: jax.jvp(h, (t,), (1.0,))[1]
+        h0, h1 = jax.jvp(h, (0.0,), (1.0,))
+        _, h2 = jax.jvp(dh, (0.0,), (1.0,))
+        return h0 + h1 + h2 / 2
+
+    return {"full": f, "order1": order1, "order2": order2}
+
+
+def standardized_test_x(ds):
+    """Test images scaled to [0, 1] and standardized per channel, written out here."""
+    x = ds.test_x.astype(np.float32) / 255.0
+    return (x - np.asarray(ds.mean, np.float32)) / np.asarray(ds.std, np.float32)
+
+
+def global_norm(tree):
+    return math.sqrt(sum(float(np.sum(np.asarray(g, np.float64) ** 2)) for g in jax.tree.leaves(tree)))
+
+
+CLIP = 0.16  # between the smallest and largest gradient norms of the run below
+
+
+def test_lockstep_steps_match_hand_sgd(tiny_recipe):
+    """Several lockstep steps (crossing an epoch and an lr decay) equal hand-written SGD per model."""
+    recipe = tiny_recipe(
+        "data.train_limit=64", "data.flip=true", "train.epochs=2",  # 2 steps per epoch
+        "optim.lr=0.5", "optim.momentum=0.9", "optim.weight_decay=0.01", f"optim.grad_clip={CLIP}",
+        "optim.schedule=step", "optim.decay_epochs=[1]", "optim.decay_factor=0.2")
+    ds = load_data(recipe)
+    spec = spec_of(ds)
+    engine = build_engine(recipe, spec)
+    assert engine.steps_per_epoch == 2
+    state = init_state(engine, recipe, spec)
+    step_fn = jax.jit(make_train_step(engine, recipe.seed))
+    train_x, train_y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
+
+    # θ0 is the recipe's initialization, shared by every model.
+    model = build_model(recipe.model, spec.num_classes)
+    theta0 = init_params(model, rng_streams(recipe.seed)["init"], spec.image_shape)
+    for name in ("full", "order1", "order2"):
+        for a, b in zip(jax.tree.leaves(state["params"][name]), jax.tree.leaves(theta0)):
+            np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(state["theta0"]), jax.tree.leaves(theta0)):
+        np.testing.assert_array_equal(a, b)
+
+    f = lambda p, x: model.apply({"params": p}, x)
+    fns = hand_models(f, theta0)
+    grad_fns = {n: jax.jit(jax.value_and_grad(lambda p, x, y, fn=fn: ce_loss(fn(p, x), y)))
+                for n, fn in fns.items()}
+    predict = {n: jax.jit(fn) for n, fn in fns.items()}
+    aug_key = rng_streams(recipe.seed)["augment"]
+
+    params = {n: jax.tree.map(lambda a: np.asarray(a, np.float64), theta0) for n in fns}
+    momentum = {n: jax.tree.map(np.zeros_like, params[n]) for n in fns}
+    clipped = []
+    for t in range(4):
+        epoch, i = divmod(t, 2)
+        perm = epoch_permutation(recipe.seed, epoch, len(ds.train_y))
+        idx = np.asarray(perm)[i * 32:(i + 1) * 32]
+        x = data_lib.augment(jax.random.fold_in(aug_key, t), ds.train_x[idx], pad=2, flip=True,
+                             mean=ds.mean, std=ds.std)
+        y = jnp.asarray(ds.train_y[idx])
+        lr = 0.5 * (0.2 if t >= 2 else 1.0)  # decay at epoch 1 = step 2
+
+        state, stats = step_fn(state, perm, train_x, train_y)
+        assert int(state["step"]) == t + 1
+        for n in fns:
+            p32 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params[n])
+            loss, g = grad_fns[n](p32, x, y)
+            correct = int(jnp.sum(jnp.argmax(predict[n](p32, x), -1) == y))
+            np.testing.assert_allclose(stats[n][0], loss, rtol=1e-5, err_msg=f"{n} loss, step {t}")
+            assert int(stats[n][1]) == correct, (n, t)
+
+            g = jax.tree.map(lambda a: np.asarray(a, np.float64), g)
+            norm = global_norm(g)
+            clipped.append(norm > CLIP)
+            g = jax.tree.map(lambda a: a * min(1.0, CLIP / norm), g)
+            g = jax.tree.map(lambda a, p: a + 0.01 * p, g, params[n])
+            momentum[n] = jax.tree.map(lambda a, m: a + 0.9 * m, g, momentum[n])
+            params[n] = jax.tree.map(lambda p, m: p - lr * m, params[n], momentum[n])
+
+            for (path, got), want in zip(jax.tree_util.tree_flatten_with_path(state["params"][n])[0],
+                                         jax.tree.leaves(params[n])):
+                np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-6,
+                                           err_msg=f"{n} {jax.tree_util.keystr(path)} after step {t + 1}")
+            assert not bool(state["diverged"][n])
+    assert any(clipped) and not all(clipped)  # both branches of clipping were exercised
+    # The three models really did move apart (otherwise the comparison above proves little).
+    d1 = global_norm(jax.tree.map(np.subtract, params["full"], params["order1"]))
+    assert d1 > 1e-4
+
+
+def test_epoch_permutation_reshuffles_each_epoch():
+    perms = [np.asarray(epoch_permutation(0, e, 100)) for e in range(3)]
+    for p in perms:
+        assert sorted(p) == list(range(100))
+    assert not np.array_equal(perms[0], perms[1]) and not np.array_equal(perms[1], perms[2])
+    np.testing.assert_array_equal(perms[1], np.asarray(epoch_permutation(0, 1, 100)))
+    assert not np.array_equal(perms[0], np.asarray(epoch_permutation(1, 0, 100)))
+
+
+def test_rng_streams_are_distinct():
+    keys = rng_streams(0)
+    assert sorted(keys) == ["augment", "init", "shuffle"]
+    data = [np.asarray(jax.random.key_data(k)) for k in keys.values()]
+    assert len({d.tobytes() for d in data}) == 3
+
+
+def test_step0_evaluation_identical_for_all_orders(tiny_recipe):
+    """At θ0 every Taylorized model is the network: identical test logits, accuracy, loss."""
+    recipe = tiny_recipe("data.test_limit=50", "eval.batch_size=24")  # 50 = 24 + 24 + 2: padding
+    ds = load_data(recipe)
+    spec = spec_of(ds)
+    engine = build_engine(recipe, spec)
+    state = init_state(engine, recipe, spec)
+    evaluator = Evaluator(engine, ds, recipe.eval.batch_size, state)
+    rows, layer_rows, logits = evaluator(state, 0, 0.0, 0.1, {})
+
+    model = build_model(recipe.model, spec.num_classes)
+    theta0 = init_params(model, rng_streams(recipe.seed)["init"], spec.image_shape)
+    x = standardized_test_x(ds)
+    expected = np.asarray(model.apply({"params": theta0}, x))
+    assert expected.shape == (50, 10)
+    for name in ("full", "order1", "order2"):
+        assert logits[name].shape == (50, 10)
+        np.testing.assert_allclose(logits[name], expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(logits[name], logits["full"])
+    acc = float(np.mean(expected.argmax(1) == ds.test_y))
+    assert [r["model"] for r in rows] == ["full", "order1", "order2"]
+    for r in rows:
+        assert r["test_acc"] == pytest.approx(acc)
+        assert r["test_loss"] == rows[0]["test_loss"]
+        assert r["cos_func"] == pytest.approx(1.0)
+        assert r["diverged"] is False and r["step"] == 0 and r["epoch"] == 0
+    assert len(layer_rows) == 3 * 3
+    assert all(r["distance"] == 0 and r["relative_distance"] == 0 for r in layer_rows)
+
+
+# ---------------------------------------------------------------------------
+# Whole runs through trainer.train.
+
+
+def run(recipe, out):
+    log = io.StringIO()
+    result = train(recipe, str(out), PlainProgress(stream=log), resume=False)
+    return result, log.getvalue()
+
+
+SCHEDULE = ("data.train_limit=64", "taylor.orders=[1]", "train.epochs=3", "optim.schedule=step",
+            "optim.decay_epochs=[1, 2]", "optim.decay_factor=0.5", "eval.steps=[1, 3]")
+
+
+@pytest.fixture(scope="module")
+def schedule_runs(tmp_path_factory, tiny_recipe):
+    """The same small recipe run twice with seed 0 and once with seed 1."""
+    root = tmp_path_factory.mktemp("runs")
+    return {name: run(tiny_recipe(*SCHEDULE, *o), root / name)[0].run_dir.path
+            for name, o in [("a", ()), ("b", ()), ("seed1", ("seed=1",))]}
+
+
+def test_same_recipe_same_results(schedule_runs):
+    a, b = schedule_runs["a"], schedule_runs["b"]
+    for f in ("metrics.csv", "layers.csv", "recipe.yaml"):
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    files = sorted(p.name for p in (a / "logits").iterdir())
+    assert files and files == sorted(p.name for p in (b / "logits").iterdir())
+    for name in files:
+        la, lb = np.load(a / "logits" / name), np.load(b / "logits" / name)
+        assert sorted(la.files) == sorted(lb.files)
+        for k in la.files:
+            np.testing.assert_array_equal(la[k], lb[k])
+
+
+def test_run_equals_manual_step_loop(schedule_runs, tiny_recipe):
+    """The training loop feeds the step the right permutation each epoch, for the right number of
+    steps: its final logits equal those of a loop written here."""
+    recipe = tiny_recipe(*SCHEDULE)
+    ds = load_data(recipe)
+    spec = spec_of(ds)
+    engine = build_engine(recipe, spec)
+    state = init_state(engine, recipe, spec)
+    step_fn = jax.jit(make_train_step(engine, recipe.seed))
+    train_x, train_y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
+    for t in range(3 * 2):
+        state, _ = step_fn(state, epoch_permutation(recipe.seed, t // 2, 64), train_x, train_y)
+    x = standardized_test_x(ds)
+    model = build_model(recipe.model, spec.num_classes)
+    f = lambda p, x: model.apply({"params": p}, x)
+    fns = hand_models(f, state["theta0"])
+    with np.load(schedule_runs["a"] / "logits" / "step00000006.npz") as saved:
+        for name in ("full", "order1"):
+            np.testing.assert_allclose(saved[name], fns[name](state["params"][name], x), rtol=1e-4, atol=1e-5)
+
+
+def test_different_seed_different_results(schedule_runs):
+    a = pd.read_csv(schedule_runs["a"] / "metrics.csv")
+    c = pd.read_csv(schedule_runs["seed1"] / "metrics.csv")
+    assert list(a["step"]) == list(c["step"])
+    assert not np.allclose(a["test_loss"], c["test_loss"])
+    assert not np.allclose(a["train_loss"].iloc[2:], c["train_loss"].iloc[2:])
+
+
+def test_evaluation_points_and_step_decay_in_metrics(schedule_runs):
+    m = pd.read_csv(schedule_runs["a"] / "metrics.csv")
+    # 64 examples / batch 32 = 2 steps per epoch, 3 epochs; every epoch plus steps 1 and 3.
+    points = [0, 1, 2, 3, 4, 6]
+    for name in ("full", "order1"):
+        rows = m[m["model"] == name]
+        assert list(rows["step"]) == points
+        np.testing.assert_allclose(rows["epoch"], [s / 2 for s in points])
+        # The rate in effect from that step on: 0.1, halved at epoch 1 (step 2) and epoch 2 (step 4).
+        np.testing.assert_allclose(rows["lr"], [0.1 * 0.5 ** sum(s >= b for b in (2, 4)) for s in points],
+                                   rtol=1e-6)
+        # Mean minibatch accuracy since the previous point: whole examples over whole batches.
+        gaps = np.diff(points)
+        correct = rows["train_acc"].iloc[1:].to_numpy() * 32 * gaps
+        np.testing.assert_allclose(correct, np.round(correct), atol=1e-4)
+        assert rows["train_loss"].iloc[1:].notna().all()
+    assert len(m) == 2 * len(points)
+
+
+@pytest.mark.parametrize("epochs, every, steps, spe, expected", [
+    (3, 1, (), 4, [0, 4, 8, 12]),
+    (5, 2, (), 3, [0, 6, 12, 15]),  # the final step is evaluated even off the every_epochs grid
+    (2, 1, (1, 2, 4, 100), 4, [0, 1, 2, 4, 8]),  # extra steps merged, beyond-the-end dropped
+    (4, 10, (3,), 2, [0, 3, 8]),
+])
+def test_evaluation_steps(tiny_recipe, epochs, every, steps, spe, expected):
+    recipe = tiny_recipe(f"train.epochs={epochs}", f"eval.every_epochs={every}",
+                         f"eval.steps={list(steps)}")
+    assert evaluation_steps(recipe, spe) == expected
+
+
+DIVERGE = ("data.train_limit=64", "optim.lr=1e6", "optim.grad_clip=null", "train.epochs=6",
+           "optim.schedule=step", "optim.decay_epochs=[5]")
+
+
+def int_leaves(tree):
+    """Integer leaves of an optimizer state: optax's step counts (the schedule's among them)."""
+    return [np.asarray(x) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.integer)]
+
+
+def test_divergence_freezes_exactly_that_model(tiny_recipe):
+    """lr=1e6 without clipping: a model that blows up is frozen at its last finite state, for good,
+    while the models that stay finite keep being updated; the flag is sticky."""
+    recipe = tiny_recipe(*DIVERGE)
+    ds = load_data(recipe)
+    spec = spec_of(ds)
+    engine = build_engine(recipe, spec)
+    state = init_state(engine, recipe, spec)
+    step_fn = jax.jit(make_train_step(engine, recipe.seed))
+    train_x, train_y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
+    assert int_leaves(state["opt"]["full"]), "expected a step count in the scheduled optimizer state"
+    # order1 is flagged by hand before it ever blows up: the flag alone must freeze it, for good.
+    state["diverged"]["order1"] = jnp.array(True)
+    theta0 = jax.device_get(state["theta0"])
+
+    names = ("full", "order1", "order2")
+    flagged_at = {}
+    for t in range(12):
+        perm = epoch_permutation(recipe.seed, t // 2, len(ds.train_y))
+        before = jax.device_get(state)
+        state, stats = step_fn(state, perm, train_x, train_y)
+        after = jax.device_get(state)
+        for n in names:
+            was, now = bool(before["diverged"][n]), bool(after["diverged"][n])
+            assert not (was and not now), f"{n}: diverged flag cleared at step {t + 1}"
+            same_params = all(np.array_equal(a, b) for a, b in zip(
+                jax.tree.leaves(before["params"][n]), jax.tree.leaves(after["params"][n])))
+            counts_before, counts_after = int_leaves(before["opt"][n]), int_leaves(after["opt"][n])
+            if now:
+                flagged_at.setdefault(n, t + 1)
+                # Frozen where it was: parameters and optimizer state untouched, still finite.
+                assert same_params, f"{n} moved at step {t + 1} although diverged"
+                assert all(np.array_equal(a, b) for a, b in zip(counts_before, counts_after))
+                assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(after["params"][n]))
+            else:
+                # Still training: finite loss, an optimizer update happened.
+                assert np.isfinite(float(stats[n][0])), f"{n}: non-finite loss but not flagged"
+                assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(after["params"][n]))
+                assert all(int(b) == int(a) + 1 for a, b in zip(counts_before, counts_after)), n
+    assert flagged_at.get("order1") == 1
+    for a, b in zip(jax.tree.leaves(state["params"]["order1"]), jax.tree.leaves(theta0)):
+        np.testing.assert_array_equal(a, b)
+    assert set(flagged_at) - {"order1"}, "lr=1e6 without clipping was expected to blow up a model"
+
+
+def test_divergence_flags_in_metrics(tiny_recipe, tmp_path):
+    """metrics.csv: once a model is flagged it stays flagged, and its results stop changing."""
+    result, _ = run(tiny_recipe(*DIVERGE), tmp_path / "run")
+    out = result.run_dir.path
+    m = pd.read_csv(out / "metrics.csv")
+    layers = pd.read_csv(out / "layers.csv")
+    steps = sorted(m["step"].unique())
+    assert steps == [0, 2, 4, 6, 8, 10, 12]
+    logits = {s: np.load(out / "logits" / f"step{s:08d}.npz") for s in steps}
+
+    any_diverged = False
+    for name in ("full", "order1", "order2"):
+        rows = m[m["model"] == name].sort_values("step")
+        flags = rows["diverged"].astype(bool).tolist()
+        assert flags == sorted(flags), f"{name}: diverged flag went back to False: {flags}"
+        assert not flags[0]
+        # A model not flagged had only finite minibatch losses since the previous point.
+        assert np.isfinite(rows["train_loss"].to_numpy()[1:][~np.array(flags[1:])]).all(), name
+        if flags[-1]:
+            any_diverged = True
+            first = flags.index(True)
+            dist = [layers[(layers["model"] == name) & (layers["epoch"] == s / 2)]["distance"].to_numpy()
+                    for s in steps]
+            for k in range(first + 1, len(steps)):
+                np.testing.assert_array_equal(dist[k], dist[first], err_msg=f"{name} moved after diverging")
+                np.testing.assert_array_equal(logits[steps[k]][name], logits[steps[first]][name])
+    assert any_diverged, "lr=1e6 without clipping was expected to blow up at least one model"
