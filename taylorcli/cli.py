@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
+from .checkpoints import CheckpointError
 from .data import DataError
 from .recipe import RecipeError, dump_recipe, load_recipe
 from .runs import RunDirError
@@ -24,13 +25,17 @@ app = typer.Typer(
 )
 console = Console()
 
+# Exit codes (documented in README): scripts and `sbatch --requeue` wrappers rely on them.
 BAD_INPUT = 2
-INPUT_ERRORS = (RecipeError, DataError, RunDirError)
+FULL_DIVERGED = 3
+STOPPED = 75  # EX_TEMPFAIL: checkpointed on SIGTERM/SIGUSR1; run the same command again
+INTERRUPTED = 130
+INPUT_ERRORS = (RecipeError, DataError, RunDirError, CheckpointError)
 
 
-def _bad_input(message: str) -> typer.Exit:
-    print(f"taylorcli: error: {message}", file=sys.stderr, flush=True)
-    return typer.Exit(BAD_INPUT)
+def _fail(message: str, code: int, kind: str = "error") -> typer.Exit:
+    print(f"taylorcli: {kind}: {message}", file=sys.stderr, flush=True)
+    return typer.Exit(code)
 
 
 @app.callback()
@@ -55,8 +60,14 @@ def train(
 ) -> None:
     """Train the full network and its Taylorized models in lockstep on one recipe.
 
+    Running it again on the same --out continues from the newest checkpoint. Exit codes:
+    0 done, 2 bad input, 3 the full network diverged, 75 stopped by SIGTERM/SIGUSR1 after
+    checkpointing (run the same command again to continue), 130 interrupted.
+
     Example: taylorcli train recipes/digits.yaml --set train.epochs=5 --out runs/digits-short
     """
+    from .trainer import FullDiverged, Stopped
+
     try:
         r = load_recipe(recipe, set_)
         if dry_run:
@@ -66,10 +77,20 @@ def train(
         from .trainer import train as run_training
 
         result = run_training(r, str(out or Path("runs") / r.name), make_progress(console),
-                              resume=resume)
+                              resume=resume, source=str(recipe))
     except INPUT_ERRORS as e:
-        raise _bad_input(str(e)) from None
+        raise _fail(str(e), BAD_INPUT) from None
+    except Stopped as e:
+        raise _fail(str(e), STOPPED, kind="stopped") from None
+    except FullDiverged as e:
+        raise _fail(str(e), FULL_DIVERGED) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; rerun the same command to continue from the newest "
+                    "checkpoint", INTERRUPTED, kind="stopped") from None
     _print_final(result.final)
+    for name, epoch in result.diverged.items():
+        print(f"taylorcli: warning: {name} diverged (loss or parameters not finite) by epoch "
+              f"{epoch:g}; it was frozen there and marked in metrics.csv", file=sys.stderr)
 
 
 def _dry_run(r) -> None:

@@ -34,9 +34,10 @@ def cos_func(logits_a, logits_b) -> float:
     """Cosine of two models' test logits, each example centred over classes, all flattened."""
     a = np.asarray(logits_a, np.float64)
     b = np.asarray(logits_b, np.float64)
-    a = (a - a.mean(axis=-1, keepdims=True)).ravel()
-    b = (b - b.mean(axis=-1, keepdims=True)).ravel()
-    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+    with np.errstate(all="ignore"):  # a diverged model's logits give NaN here, by design
+        a = (a - a.mean(axis=-1, keepdims=True)).ravel()
+        b = (b - b.mean(axis=-1, keepdims=True)).ravel()
+        return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def layer_paths(params) -> list[str]:

@@ -89,6 +89,15 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointConfig:
+    """When to checkpoint and which checkpoints to keep."""
+    every_epochs: int = _spec(1, ">= 1")
+    every_steps: int | None = _spec(None, ">= 1")  # also checkpoint every N optimizer steps
+    keep: int = _spec(2, ">= 1")  # newest checkpoints kept
+    keep_epochs: tuple[int, ...] = _spec((), ">= 0", seq="increasing")  # kept for spawning, never deleted
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A complete, validated training recipe."""
     name: str = "recipe"
@@ -99,6 +108,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 SECTIONS = {f.name: f.type for f in fields(Recipe) if is_dataclass(f.type)}
@@ -268,6 +278,9 @@ def recipe_from_dict(raw: dict, source: str = "<recipe>", overrides: Sequence[st
     if any(e >= recipe.train.epochs for e in recipe.optim.decay_epochs):
         raise RecipeError(f"{where('optim.decay_epochs', 'train.epochs')}: key optim.decay_epochs: expected epochs "
                           f"< train.epochs ({recipe.train.epochs}), got {list(recipe.optim.decay_epochs)}")
+    if any(e > recipe.train.epochs for e in recipe.checkpoint.keep_epochs):
+        raise RecipeError(f"{where('checkpoint.keep_epochs', 'train.epochs')}: key checkpoint.keep_epochs: expected "
+                          f"epochs <= train.epochs ({recipe.train.epochs}), got {list(recipe.checkpoint.keep_epochs)}")
     depth = recipe.model.depth
     if recipe.model.arch == "wrn" and (depth < 10 or (depth - 4) % 6):
         raise RecipeError(f"{where('model.depth', 'model.arch')}: key model.depth: expected 6n+4 with n >= 1 "

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -36,6 +39,36 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+class RunLock:
+    """An exclusive lock on a run directory, held by a live run and released by the kernel when it dies."""
+
+    def __init__(self, path: Path):
+        self.path = path / ".lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, or say in one line which live run holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # flock, not a pid file: a run killed with SIGKILL cannot leave it stuck.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunDirError(f"--out {self.path.parent}: in use by a live run ({holder}); "
+                              f"wait for it to end or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        """Let the next run in."""
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
 class RunDir:
     """One run's directory: recipe.yaml, metrics.csv, layers.csv, logits/, checkpoints/."""
 
@@ -49,6 +82,10 @@ class RunDir:
     @property
     def layers_path(self) -> Path:
         return self.path / "layers.csv"
+
+    @property
+    def checkpoints_path(self) -> Path:
+        return self.path / "checkpoints"
 
     def has_run(self) -> bool:
         """Whether a run has already written results here."""
@@ -65,13 +102,14 @@ class RunDir:
             raise RunDirError(f"--out {self.path}: cannot write there ({e.strerror or e})") from None
 
     def clear_results(self) -> None:
-        """Remove the results of an earlier run (on an explicit --no-resume)."""
+        """Remove the results and checkpoints of an earlier run (on an explicit --no-resume)."""
         for name in ("metrics.csv", "layers.csv", "recipe.yaml"):
             (self.path / name).unlink(missing_ok=True)
         logits = self.path / "logits"
         if logits.is_dir():
             for f in logits.glob("*.npz"):
                 f.unlink()
+        shutil.rmtree(self.checkpoints_path, ignore_errors=True)
 
     def write_recipe(self, text: str) -> None:
         """The fully resolved recipe, as run."""

@@ -120,7 +120,13 @@ def init_state(engine: Engine, recipe, spec) -> dict:
         "params": {n: jax.tree.map(jnp.copy, theta0) for n in engine.names},
         "opt": {n: engine.optimizer.init(theta0) for n in engine.names},
         "diverged": {n: jnp.zeros((), bool) for n in engine.names},
+        "stats": zero_stats(engine),
     }
+
+
+def zero_stats(engine: Engine) -> dict:
+    """Per model [Σ minibatch loss, Σ correct, number of minibatches] since the last evaluation."""
+    return {n: jnp.zeros(3, jnp.float32) for n in engine.names}
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> jax.Array:
@@ -158,7 +164,9 @@ def make_train_step(engine: Engine, seed: int) -> Callable:
             new["opt"][name] = jax.tree.map(keep, state["opt"][name], opt)
             new["diverged"][name] = diverged
             stats[name] = jnp.stack([loss, jnp.sum(jnp.argmax(logits, -1) == y).astype(loss.dtype)])
-        return {"step": state["step"] + 1, "theta0": state["theta0"], **new}, stats
+        # The running sums live in the state, so a checkpoint between evaluations loses nothing.
+        sums = {n: state["stats"][n] + jnp.append(stats[n], 1.0) for n in stats}
+        return {"step": state["step"] + 1, "theta0": state["theta0"], **new, "stats": sums}, stats
 
     return step
 

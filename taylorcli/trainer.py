@@ -1,21 +1,31 @@
-"""`taylorcli train`: recipe → data + models → lockstep engine → run directory."""
+"""`taylorcli train`: recipe → data + models → lockstep engine → run directory, resumable.
+
+A run survives clusters: it checkpoints on a schedule and on SIGTERM/SIGUSR1, a second
+`train` on the same directory continues from the newest complete checkpoint, and a run
+killed at any moment and resumed writes the same metrics.csv, value for value, as one
+that was never interrupted (all randomness derives from the seed and the step number; the
+running training statistics live in the checkpointed state).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from . import data as data_lib
-from .metrics import cos_func, cos_param, layer_movement, layer_paths, loss_and_accuracy
-from .recipe import Recipe, RecipeError, dump_recipe
-from .runs import RunDir, RunDirError
-from .train import FULL, build_engine, epoch_permutation, init_state, make_eval_logits, \
-    make_schedule, make_train_step, order_of
+from .checkpoints import Checkpoints
+from .evaluate import Evaluator
+from .recipe import Recipe, RecipeError, dump_recipe, load_recipe, recipe_to_dict
+from .runs import RunDir, RunDirError, RunLock
+from .train import FULL, build_engine, epoch_permutation, init_state, make_schedule, \
+    make_train_step, zero_stats
 
 
 @dataclass(frozen=True)
@@ -26,6 +36,20 @@ class TrainResult:
     steps: int
     seconds: float
     final: list[dict]
+    diverged: dict[str, float] = field(default_factory=dict)
+
+
+class Stopped(Exception):
+    """SIGTERM/SIGUSR1 arrived; the run checkpointed at `step` and can be continued."""
+
+    def __init__(self, step: int):
+        super().__init__(f"stopped by a signal at step {step}; checkpoint saved, rerun the "
+                         f"same command to continue")
+        self.step = step
+
+
+class FullDiverged(Exception):
+    """The full network's loss or parameters became non-finite: the run cannot go on."""
 
 
 def evaluation_steps(recipe: Recipe, steps_per_epoch: int) -> list[int]:
@@ -38,7 +62,18 @@ def evaluation_steps(recipe: Recipe, steps_per_epoch: int) -> list[int]:
     return sorted(points)
 
 
-def load_data(recipe: Recipe) -> data_lib.Dataset:
+def checkpoint_steps(recipe: Recipe, steps_per_epoch: int) -> set[int]:
+    """Steps after which the state is checkpointed: the intervals, the kept epochs, the end."""
+    total = recipe.train.epochs * steps_per_epoch
+    c = recipe.checkpoint
+    steps = {total} | {e * steps_per_epoch for e in c.keep_epochs}
+    steps |= set(range(c.every_epochs * steps_per_epoch, total, c.every_epochs * steps_per_epoch))
+    if c.every_steps:
+        steps |= set(range(c.every_steps, total, c.every_steps))
+    return steps
+
+
+def load_data(recipe: Recipe, source: str = "recipe") -> data_lib.Dataset:
     """The recipe's dataset, with the batch size checked against it."""
     d = recipe.data
     ds = data_lib.load_dataset(
@@ -46,8 +81,8 @@ def load_data(recipe: Recipe) -> data_lib.Dataset:
         test_limit=d.test_limit, synthetic_train=d.synthetic_train,
         synthetic_test=d.synthetic_test, seed=recipe.seed)
     if recipe.train.batch_size > len(ds.train_y):
-        raise RecipeError(f"key train.batch_size: expected at most the training set size "
-                          f"{len(ds.train_y)} of {d.dataset}, got {recipe.train.batch_size}")
+        raise RecipeError(f"{source}: key train.batch_size: expected at most the training set "
+                          f"size {len(ds.train_y)} of {d.dataset}, got {recipe.train.batch_size}")
     return ds
 
 
@@ -58,121 +93,148 @@ def spec_of(ds: data_lib.Dataset) -> data_lib.DatasetSpec:
         train_size=len(ds.train_y), test_size=len(ds.test_y), mean=ds.mean, std=ds.std)
 
 
-class Evaluator:
-    """Test logits, losses, accuracies, cos_param, cos_func and layer movement of every model."""
-
-    def __init__(self, engine, ds: data_lib.Dataset, eval_batch: int, state):
-        self.engine = engine
-        self.batch = min(eval_batch, len(ds.test_y))
-        n = len(ds.test_y)
-        padded = math.ceil(n / self.batch) * self.batch
-        x = data_lib.standardize(jnp.asarray(ds.test_x), mean=ds.mean, std=ds.std)
-        # Pad to whole batches so one compiled function serves the whole test set.
-        self.test_x = jnp.pad(x, [(0, padded - n)] + [(0, 0)] * (x.ndim - 1))
-        self.test_y = jnp.asarray(ds.test_y)
-        self.n = n
-        self.logits_fn = jax.jit(make_eval_logits(engine))
-        self.layers = layer_paths(state["theta0"])
-        self.geometry = jax.jit(self._geometry)
-
-    def _geometry(self, state):
-        full = state["params"][FULL]
-        out = {}
-        for name, params in state["params"].items():
-            dist, rel = layer_movement(params, state["theta0"])
-            out[name] = (cos_param(full, params, state["theta0"]), dist, rel)
-        return out
-
-    def logits(self, state) -> dict[str, np.ndarray]:
-        """Test-set logits of every model."""
-        parts = [self.logits_fn(state, self.test_x[i:i + self.batch])
-                 for i in range(0, self.test_x.shape[0], self.batch)]
-        return {n: np.concatenate([np.asarray(p[n]) for p in parts])[: self.n]
-                for n in self.engine.names}
-
-    def __call__(self, state, step: int, epoch: float, lr: float, train_stats: dict):
-        """Metrics rows, layer rows and logits at one evaluation point."""
-        logits = self.logits(state)
-        geometry = jax.device_get(self.geometry(state))
-        diverged = jax.device_get(state["diverged"])
-        rows, layer_rows = [], []
-        for name in self.engine.names:
-            test_loss, test_acc = loss_and_accuracy(logits[name], self.test_y, self.engine.loss)
-            cp, dist, rel = geometry[name]
-            train_loss, train_acc = train_stats.get(name, (math.nan, math.nan))
-            rows.append({
-                "model": name, "order": order_of(name), "epoch": round(epoch, 6), "step": step,
-                "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-                "test_loss": test_loss, "test_acc": test_acc,
-                "cos_param": float(cp) if name != FULL or step == 0 else 1.0,
-                "cos_func": cos_func(logits[FULL], logits[name]),
-                "diverged": bool(diverged[name]),
-            })
-            layer_rows += [{"model": name, "epoch": round(epoch, 6), "layer": layer,
-                            "distance": float(d), "relative_distance": float(r)}
-                           for layer, d, r in zip(self.layers, dist, rel)]
-        return rows, layer_rows, logits
+@contextlib.contextmanager
+def stop_signals():
+    """SIGTERM and SIGUSR1 (SLURM preemption and time limit) ask for a checkpoint and a clean exit."""
+    asked: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield asked
+        return
+    old = {sig: signal.signal(sig, lambda signum, frame: asked.append(signum))
+           for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        yield asked
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
-def train(recipe: Recipe, out: str, progress, resume: bool = True) -> TrainResult:
-    """Train the full network and its Taylorized models in lockstep, writing the run directory."""
+def train(recipe: Recipe, out: str, progress, resume: bool = True,
+          source: str = "recipe") -> TrainResult:
+    """Train the full network and its Taylorized models in lockstep, writing the run directory.
+
+    An existing run directory is continued from its newest complete checkpoint; with
+    `resume=False` it is started over.
+    """
     run = RunDir(out)
     if run.has_run() and resume:
-        raise RunDirError(f"--out {run.path}: already holds a run and it cannot be resumed "
-                          f"(no checkpoints are kept yet); pass --no-resume to start it over, "
-                          f"or choose another --out")
-    ds = load_data(recipe)
+        check_same_recipe(run, recipe)
+    ds = load_data(recipe, source)
     run.prepare()
-    if run.has_run():
-        run.clear_results()
-    run.write_recipe(dump_recipe(recipe))
+    lock = RunLock(run.path)
+    lock.acquire()
+    try:
+        with stop_signals() as asked:
+            return _train(recipe, run, ds, progress, resume, asked)
+    finally:
+        lock.release()
 
+
+def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list) -> TrainResult:
     spec = spec_of(ds)
     engine = build_engine(recipe, spec)
     spe = engine.steps_per_epoch
     total = recipe.train.epochs * spe
     schedule = make_schedule(recipe.optim, spe)
+    points = evaluation_steps(recipe, spe)
+    saves = checkpoint_steps(recipe, spe)
     state = init_state(engine, recipe, spec)
+
+    start, metrics, layers = 0, [], []
+    if not (run.has_run() and resume):
+        run.clear_results()
+    ckpts = Checkpoints(run.checkpoints_path, recipe.checkpoint.keep,
+                        [e * spe for e in recipe.checkpoint.keep_epochs])
+    latest = ckpts.latest_step()
+    if latest is not None:
+        state, meta = ckpts.restore(latest, state)
+        start, metrics, layers = latest, _rows_in(meta["metrics"]), _rows_in(meta["layers"])
+    if start == 0:
+        run.write_recipe(dump_recipe(recipe))
+
     step_fn = jax.jit(make_train_step(engine, recipe.seed), donate_argnums=0)
     train_x, train_y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
     evaluator = Evaluator(engine, ds, recipe.eval.batch_size, state)
-    points = evaluation_steps(recipe, spe)
-
-    metrics, layers, pending = [], [], []
-    progress.start(total, spe, engine.names)
+    progress.start(total, spe, engine.names, first_step=start)
     t0 = time.monotonic()
-    perm = None
-    latest = lambda: jax.device_get(pending[-1]) if pending else {}
-    for step in range(total + 1):
-        if step in points:
-            train_stats = _mean_stats(pending, engine.batch_size)
-            pending = []
-            epoch = step / spe
-            rows, layer_rows, logits = evaluator(state, step, epoch, float(schedule(step)),
-                                                 train_stats)
-            metrics += rows
-            layers += layer_rows
-            run.write_metrics(metrics)
-            run.write_layers(layers)
-            if recipe.eval.save_logits:
-                run.write_logits(step, logits)
-            progress.evaluation(step, epoch, rows)
-        if step == total:
-            break
-        if step % spe == 0:
-            perm = epoch_permutation(recipe.seed, step // spe, len(ds.train_y))
-        state, stats = step_fn(state, perm, train_x, train_y)
-        pending.append(stats)
-        progress.step(step + 1, latest)
+    perm, last = None, {}
+    try:
+        for step in range(start, total + 1):
+            # A checkpoint at `start` was taken after that step's evaluation and saves.
+            resumed_here = step == start and start > 0
+            if step in points and not resumed_here:
+                epoch = step / spe
+                rows, layer_rows, logits = evaluator(state, step, epoch, float(schedule(step)))
+                flags = {r["model"]: jnp.asarray(r["diverged"]) for r in rows}
+                state = {**state, "stats": zero_stats(engine), "diverged": flags}
+                metrics += rows
+                layers += layer_rows
+                run.write_metrics(metrics)
+                run.write_layers(layers)
+                if recipe.eval.save_logits:
+                    run.write_logits(step, logits)
+                progress.evaluation(step, epoch, rows)
+                if rows[0]["diverged"]:
+                    raise FullDiverged(f"the full network diverged by step {step} (epoch "
+                                       f"{epoch:g}): its loss or parameters are not finite; "
+                                       f"see {run.metrics_path}")
+            if not resumed_here and (step in saves or asked):
+                ckpts.save(step, state, {"metrics": _rows_out(metrics),
+                                         "layers": _rows_out(layers)})
+            if asked:
+                ckpts.wait()
+                raise Stopped(step)
+            if step == total:
+                break
+            if perm is None or step % spe == 0:
+                perm = epoch_permutation(recipe.seed, step // spe, len(ds.train_y))
+            state, last = step_fn(state, perm, train_x, train_y)
+            progress.step(step + 1, lambda: jax.device_get(last))
+    finally:
+        ckpts.close()
     seconds = time.monotonic() - t0
-    progress.finish(f"done: {total} steps in {seconds:.1f} s; results in {run.path}")
-    return TrainResult(run, total, seconds, metrics[-len(engine.names):])
+    progress.finish(f"done: steps {start}..{total} in {seconds:.1f} s; results in {run.path}")
+    return TrainResult(run, total, seconds, metrics[-len(engine.names):],
+                       diverged_models(metrics))
 
 
-def _mean_stats(pending: list, batch: int) -> dict[str, tuple[float, float]]:
-    """Mean minibatch loss and accuracy since the last evaluation point."""
-    if not pending:
-        return {}
-    stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *pending))
-    return {n: (float(v[:, 0].mean()), float(v[:, 1].sum() / (batch * len(v))))
-            for n, v in stacked.items()}
+def check_same_recipe(run: RunDir, recipe: Recipe) -> None:
+    """Refuse to continue a run with a recipe other than the one it was started with."""
+    try:
+        saved = recipe_to_dict(load_recipe(run.path / "recipe.yaml"))
+    except RecipeError as e:
+        raise RunDirError(f"--out {run.path}: cannot resume, its recipe.yaml is unreadable "
+                          f"({e}); pass --no-resume to start over") from None
+    diffs = [f"{key}: {old!r} there, {new!r} here"
+             for key, new, old in _differences(recipe_to_dict(recipe), saved)]
+    if diffs:
+        raise RunDirError(f"--out {run.path}: holds a run of a different recipe "
+                          f"({'; '.join(diffs[:3])}); pass --no-resume to start over, or choose "
+                          f"another --out")
+
+
+def _differences(new: dict, old: dict, prefix: str = ""):
+    for key, value in new.items():
+        if isinstance(value, dict):
+            yield from _differences(value, old.get(key) or {}, f"{prefix}{key}.")
+        elif old.get(key) != value:
+            yield f"{prefix}{key}", value, old.get(key)
+
+
+def diverged_models(metrics: list[dict]) -> dict[str, float]:
+    """Taylorized models marked diverged, with the first epoch at which they were."""
+    first: dict[str, float] = {}
+    for row in metrics:
+        if row["diverged"] and row["model"] != FULL:
+            first.setdefault(row["model"], row["epoch"])
+    return first
+
+
+def _rows_out(rows: list[dict]) -> list[dict]:
+    # JSON has no NaN; None stands in for it inside checkpoints.
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+            for r in rows]
+
+
+def _rows_in(rows: list[dict]) -> list[dict]:
+    return [{k: (math.nan if v is None else v) for k, v in r.items()} for r in rows]

@@ -3,6 +3,7 @@
 import os
 import re
 import shutil
+from pathlib import Path
 import subprocess
 import sys
 
@@ -233,6 +234,44 @@ def test_missing_recipe_file_real_process(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+# --set flags that make a recipe bad, and what the one error line must name.
+BAD_SETS = {
+    "misspelt-key": (["optim.lrr=0.1"], ["optim.lrr", "did you mean 'optim.lr'"]),
+    "unknown-set-path": (["nosuch.key=1"], ["--set nosuch.key=1"]),
+    "string-for-int": (["train.epochs=ten"], ["train.epochs", "integer"]),
+    "bool-for-int": (["train.batch_size=true"], ["train.batch_size"]),
+    "list-for-str": (["model.arch=[cnn]"], ["model.arch"]),
+    "negative-lr": (["optim.lr=-0.1"], ["optim.lr", "> 0"]),
+    "order-zero": (["taylor.orders=[0,1]"], ["taylor.orders", ">= 1"]),
+    "momentum-one": (["optim.momentum=1.0"], ["optim.momentum"]),
+    "unknown-arch": (["model.arch=resnet"], ["model.arch", "cnn, wrn, mlp"]),
+    "unknown-dataset": (["data.dataset=mnist"], ["data.dataset", "digits"]),
+    "wrn-depth": (["model.arch=wrn", "model.depth=15"], ["model.depth", "6n+4"]),
+    "decay-after-end": (["optim.decay_epochs=[99]"], ["optim.decay_epochs"]),
+    "whole-section": (["optim=3"], ["--set optim=3", "section"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SETS))
+def test_bad_override_matrix(case, recipe_file, tmp_path):
+    out = tmp_path / "out"
+    sets, needles = BAD_SETS[case]
+    args = ["train", str(recipe_file), "--out", str(out)]
+    for s in sets:
+        args += ["--set", s]
+    assert_bad_input(CliRunner().invoke(app, args), *needles)
+    assert not out.exists(), "nothing is written for bad input"
+
+
+def test_yaml_object_tags_are_not_constructed(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.yaml"
+    path.write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\n")
+    assert_bad_input(CliRunner().invoke(app, ["train", str(path), "--out", str(tmp_path / "o")]),
+                     "evil.yaml")
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("case", ["missing", "malformed", "unknown-key", "bad-set", "set-no-equals",
                                   "batch-too-large", "missing-data"])
 def test_bad_recipe_input(case, recipe_file, tmp_path):
@@ -278,16 +317,33 @@ def snapshot(path):
     return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("flags", [[], ["--resume"]])
-def test_existing_run_dir_is_refused_and_untouched(flags, main_run, recipe_file, tmp_path):
+def test_existing_run_of_another_recipe_is_refused_and_untouched(main_run, recipe_file, tmp_path):
     _, src = main_run
     out = tmp_path / "run"
     shutil.copytree(src, out)
     before = snapshot(out)
-    assert (out / "metrics.csv") in {out / p for p in before}
-    result = CliRunner().invoke(app, ["train", str(recipe_file), "--out", str(out), *flags])
-    assert_bad_input(result, "--no-resume", str(out))
+    args = ["train", str(recipe_file), "--out", str(out), "--set", "optim.lr=0.05"]
+    for s in SETS:
+        args += ["--set", s]
+    result = CliRunner().invoke(app, args)
+    assert_bad_input(result, "--no-resume", "optim.lr")
     assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("flags", [[], ["--resume"]])
+def test_rerun_of_a_finished_run_resumes_and_changes_nothing(flags, main_run, recipe_file, tmp_path):
+    _, src = main_run
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    before = {p: b for p, b in snapshot(out).items() if p.parts[0] != "checkpoints"}
+    args = ["train", str(recipe_file), "--out", str(out), *flags]
+    for s in SETS:
+        args += ["--set", s]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    after = {p: b for p, b in snapshot(out).items() if p.parts[0] != "checkpoints"}
+    assert after.keys() - {Path(".lock")} == before.keys() - {Path(".lock")}
+    assert all(after[p] == before[p] for p in before if p.name != ".lock")
 
 
 def test_no_resume_starts_over(main_run, recipe_file, tmp_path):

@@ -20,7 +20,8 @@ from taylorcli.train import (
     make_train_step,
     rng_streams,
 )
-from taylorcli.trainer import Evaluator, evaluation_steps, load_data, spec_of, train
+from taylorcli.evaluate import Evaluator
+from taylorcli.trainer import evaluation_steps, load_data, spec_of, train
 
 # ---------------------------------------------------------------------------
 # Independent reference: the models, the loss and the optimizer written out by hand.
@@ -162,7 +163,7 @@ def test_step0_evaluation_identical_for_all_orders(tiny_recipe):
     engine = build_engine(recipe, spec)
     state = init_state(engine, recipe, spec)
     evaluator = Evaluator(engine, ds, recipe.eval.batch_size, state)
-    rows, layer_rows, logits = evaluator(state, 0, 0.0, 0.1, {})
+    rows, layer_rows, logits = evaluator(state, 0, 0.0, 0.1)
 
     model = build_model(recipe.model, spec.num_classes)
     theta0 = init_params(model, rng_streams(recipe.seed)["init"], spec.image_shape)

@@ -1,0 +1,58 @@
+"""Checkpoints of the lockstep state with orbax: keep-last-N plus the epochs marked for spawning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing or cannot be read; str(e) is one line naming the file."""
+
+
+class Checkpoints:
+    """The run directory's checkpoints/ folder, one orbax step folder per saved step."""
+
+    def __init__(self, directory: str | Path, keep: int, keep_steps=()):
+        self.directory = Path(directory).absolute()
+        policy = policies.AnyPreservationPolicy(
+            [policies.LatestN(keep), policies.CustomSteps(list(keep_steps))])
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=True),
+        )
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint (orbax skips unfinished ones)."""
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, meta: dict) -> None:
+        """Start saving `state` at `step` (asynchronously; `wait` makes it durable)."""
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+    def wait(self) -> None:
+        """Block until every started save is on disk."""
+        self.manager.wait_until_finished()
+
+    def restore(self, step: int, like) -> tuple[dict, dict]:
+        """The state and metadata saved at `step`, shaped like the pytree `like`."""
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like)
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        except Exception as e:  # orbax raises many types for damaged files
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(
+                f"checkpoint {self.directory / str(step)} cannot be read ({first[:200]}); "
+                f"remove that folder to resume from an older checkpoint, or pass --no-resume"
+            ) from None
+        return out["state"], out["meta"]
+
+    def close(self) -> None:
+        """Finish pending saves and release the manager."""
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -1,0 +1,213 @@
+"""Runs that survive clusters: kill -9 and resume, SIGTERM/SIGUSR1, the lock, divergence, bad checkpoints."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from taylorcli.cli import app
+from taylorcli.runs import RunLock
+
+# 256 digits, batch 32: 8 steps an epoch, 4 epochs, a checkpoint every 3 steps.
+RECIPE = {
+    "name": "resumable",
+    "data": {"dataset": "digits", "train_limit": 256, "test_limit": 64, "pad": 2, "flip": False},
+    "model": {"arch": "cnn", "depth": 2, "width": 4},
+    "taylor": {"orders": [1, 2]},
+    "train": {"epochs": 4, "batch_size": 32},
+    "optim": {"lr": 0.1, "momentum": 0.9, "grad_clip": 5.0, "decay_epochs": [2]},
+    "eval": {"every_epochs": 1, "steps": [3, 5], "batch_size": 64},
+    "checkpoint": {"every_steps": 3, "keep": 2, "keep_epochs": [1]},
+}
+
+
+@pytest.fixture(scope="module")
+def recipe_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("recipe") / "resumable.yaml"
+    path.write_text(yaml.safe_dump(RECIPE))
+    return path
+
+
+def start(recipe_file, out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "taylorcli.cli", "train", str(recipe_file),
+                             "--out", str(out), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(recipe_file, out, *extra):
+    proc = start(recipe_file, out, *extra)
+    stdout, stderr = proc.communicate(timeout=300)
+    return proc.returncode, stdout, stderr
+
+
+def wait_for_checkpoint(out, proc, at_least=1, timeout=120):
+    """Block until `at_least` complete checkpoints exist (orbax renames a step folder when done)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ckpts = out / "checkpoints"
+        done = [p for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.is_dir() else []
+        if len(done) >= at_least:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+def resumed_from(stdout):
+    """The first step of a run, from its closing line `done: steps S..T in ...`."""
+    line = next(l for l in stdout.splitlines() if l.startswith("done: steps "))
+    return int(line.split()[2].split("..")[0])
+
+
+def results(out):
+    logits = {p.name: dict(np.load(p)) for p in sorted((out / "logits").glob("*.npz"))}
+    return ((out / "metrics.csv").read_bytes(), (out / "layers.csv").read_bytes(), logits)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(recipe_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight") / "run"
+    code, _, stderr = finish(recipe_file, out)
+    assert code == 0, stderr
+    return results(out)
+
+
+def assert_same(a, b):
+    assert a[0] == b[0], "metrics.csv differs"
+    assert a[1] == b[1], "layers.csv differs"
+    assert a[2].keys() == b[2].keys()
+    for name in a[2]:
+        for model in a[2][name]:
+            np.testing.assert_array_equal(a[2][name][model], b[2][name][model])
+
+
+@pytest.mark.parametrize("checkpoints_before_kill", [1, 3])
+def test_sigkill_and_resume_gives_the_same_results(checkpoints_before_kill, recipe_file, uninterrupted,
+                                                   tmp_path):
+    out = tmp_path / "run"
+    proc = start(recipe_file, out)
+    wait_for_checkpoint(out, proc, checkpoints_before_kill)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    metrics = (out / "metrics.csv").read_text().splitlines()
+    assert len(metrics) < len(uninterrupted[0].decode().splitlines()), "killed too late to test"
+    code, stdout, stderr = finish(recipe_file, out)  # the same command continues the run
+    assert code == 0, stderr
+    assert resumed_from(stdout) > 0, "started over instead of resuming"
+    assert_same(results(out), uninterrupted)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_preemption_signal_checkpoints_and_exits_75(sig, recipe_file, uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    proc = start(recipe_file, out)
+    wait_for_checkpoint(out, proc, 1)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 75, stderr
+    assert "stopped" in stderr and "Traceback" not in stderr
+    code, stdout, stderr = finish(recipe_file, out)
+    assert code == 0, stderr
+    assert resumed_from(stdout) > 0, "started over instead of resuming"
+    assert_same(results(out), uninterrupted)
+
+
+def test_checkpoints_keep_last_n_and_marked_epochs(recipe_file, tmp_path):
+    out = tmp_path / "run"
+    code, _, stderr = finish(recipe_file, out)
+    assert code == 0, stderr
+    steps = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    # Saved at 3, 6, 8 (epoch 1, kept), 9, ..., 30, 32 (the end); the newest two plus step 8 remain.
+    assert steps == [8, 30, 32]
+
+
+def test_live_run_holds_the_lock(recipe_file, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = RunLock(out)
+    lock.acquire()
+    try:
+        result = CliRunner().invoke(app, ["train", str(recipe_file), "--out", str(out)])
+        assert result.exit_code == 2
+        assert "in use by a live run" in result.output and f"pid {os.getpid()}" in result.output
+        assert not (out / "metrics.csv").exists()
+    finally:
+        lock.release()
+    # Released (as when the holder dies): the next run proceeds.
+    result = CliRunner().invoke(app, ["train", str(recipe_file), "--out", str(out),
+                                      "--set", "train.epochs=1", "--set", "optim.decay_epochs=[]",
+                                      "--set", "checkpoint.keep_epochs=[]"])
+    assert result.exit_code == 0, result.output
+
+
+def test_corrupt_checkpoint_is_named(recipe_file, tmp_path):
+    out = tmp_path / "run"
+    proc = start(recipe_file, out)
+    wait_for_checkpoint(out, proc, 1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    newest = max((p for p in (out / "checkpoints").iterdir() if p.name.isdigit()),
+                 key=lambda p: int(p.name))
+    for f in (newest / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    before = (out / "metrics.csv").read_bytes()
+    code, stdout, stderr = finish(recipe_file, out)
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and str(newest) in lines[0] and "Traceback" not in stderr
+    assert (out / "metrics.csv").read_bytes() == before
+
+
+def divergence_recipe(tmp_path, *sets):
+    raw = {**RECIPE, "checkpoint": {"every_epochs": 1}}
+    path = tmp_path / "diverge.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    args = ["train", str(path), "--out", str(tmp_path / "run"), "--set", "optim.grad_clip=null",
+            "--set", "optim.momentum=0.0"]
+    for s in sets:
+        args += ["--set", s]
+    return args
+
+
+def test_diverging_taylor_models_are_frozen_and_the_run_goes_on(tmp_path):
+    import pandas as pd
+
+    result = CliRunner().invoke(app, divergence_recipe(
+        tmp_path, "optim.lr=10", "taylor.orders=[1,2,3,4]"))
+    assert result.exit_code == 0, result.output
+    m = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert not m[m.model == "full"].diverged.any()
+    gone = sorted(set(m[m.diverged].model))
+    assert gone and "full" not in gone
+    for name in gone:
+        flags = m[m.model == name].diverged.tolist()
+        first = flags.index(True)
+        assert all(flags[first:]), f"{name} came back from divergence"
+        assert f"warning: {name} diverged" in result.output
+    assert m[m.model == "full"].step.max() == 32  # the full network trained to the end
+
+
+def test_diverging_full_network_ends_the_run(tmp_path):
+    result = CliRunner().invoke(app, divergence_recipe(tmp_path, "optim.lr=1e6", "train.loss=mse"))
+    assert result.exit_code == 3
+    assert "full network diverged" in result.output and "Traceback" not in result.output
+
+
+def test_no_resume_clears_checkpoints(recipe_file, tmp_path):
+    out = tmp_path / "run"
+    code, _, stderr = finish(recipe_file, out, "--set", "train.epochs=3")
+    assert code == 0, stderr
+    code, _, stderr = finish(recipe_file, out, "--no-resume", "--set", "train.epochs=3",
+                             "--set", "checkpoint.keep_epochs=[]")
+    assert code == 0, stderr
+    steps = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    assert 8 not in steps  # the old run's kept epoch is gone with it
