@@ -73,8 +73,8 @@ class Dense(_Parameterized):
         return (y * scale if scale != 1.0 else y) + b
 
 
-class CNN(nn.Module):
-    """CNN-L-C: L VALID 3x3 convolutions of C channels with activation, global average pool, dense."""
+class _Network(nn.Module):
+    """Fields shared by every architecture: size, activation and parameterization."""
 
     depth: int
     width: int
@@ -84,32 +84,32 @@ class CNN(nn.Module):
     w_std: float = math.sqrt(2.0)
     b_std: float = 0.1
 
+    def _layers(self) -> tuple[Callable, dict]:
+        """The activation function and the keyword arguments every layer takes."""
+        kw = dict(parameterization=self.parameterization, w_std=self.w_std, b_std=self.b_std)
+        return ACTIVATIONS[self.activation], kw
+
+
+class CNN(_Network):
+    """CNN-L-C: L VALID 3x3 convolutions of C channels with activation, global average pool, dense."""
+
     @nn.compact
     def __call__(self, x):
-        act = ACTIVATIONS[self.activation]
-        kw = dict(parameterization=self.parameterization, w_std=self.w_std, b_std=self.b_std)
+        act, kw = self._layers()
         for i in range(self.depth):
             x = act(Conv(self.width, padding="VALID", name=f"conv{i + 1}", **kw)(x))
         x = x.mean(axis=(1, 2))
         return Dense(self.num_classes, name="dense", **kw)(x)
 
 
-class WideResNet(nn.Module):
+class WideResNet(_Network):
     """WideResNet-depth-k-C without batch norm: pre-activation blocks, 3x3 conv shortcuts on channel change."""
 
-    depth: int
-    widen: int
-    width: int
-    num_classes: int
-    activation: str = "relu"
-    parameterization: str = "standard"
-    w_std: float = math.sqrt(2.0)
-    b_std: float = 0.1
+    widen: int = 4
 
     @nn.compact
     def __call__(self, x):
-        act = ACTIVATIONS[self.activation]
-        kw = dict(parameterization=self.parameterization, w_std=self.w_std, b_std=self.b_std)
+        act, kw = self._layers()
         blocks = (self.depth - 4) // 6
         x = Conv(self.width, name="conv0", **kw)(x)
         for g, (mult, stride) in enumerate([(16, 1), (32, 2), (64, 2)], start=1):
@@ -127,21 +127,12 @@ class WideResNet(nn.Module):
         return Dense(self.num_classes, name="dense", **kw)(x)
 
 
-class MLP(nn.Module):
+class MLP(_Network):
     """Fully connected network: flatten, `depth` hidden layers of `width` units, dense output."""
-
-    depth: int
-    width: int
-    num_classes: int
-    activation: str = "relu"
-    parameterization: str = "standard"
-    w_std: float = math.sqrt(2.0)
-    b_std: float = 0.1
 
     @nn.compact
     def __call__(self, x):
-        act = ACTIVATIONS[self.activation]
-        kw = dict(parameterization=self.parameterization, w_std=self.w_std, b_std=self.b_std)
+        act, kw = self._layers()
         x = x.reshape(x.shape[0], -1)
         for i in range(self.depth):
             x = act(Dense(self.width, name=f"dense{i + 1}", **kw)(x))

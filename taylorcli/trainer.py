@@ -43,7 +43,7 @@ class Stopped(Exception):
     """SIGTERM/SIGUSR1 arrived; the run checkpointed at `step` and can be continued."""
 
     def __init__(self, step: int):
-        super().__init__(f"stopped by a signal at step {step}; checkpoint saved, rerun the "
+        super().__init__(f"signal received, checkpoint saved at step {step}; rerun the "
                          f"same command to continue")
         self.step = step
 
