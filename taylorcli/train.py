@@ -18,7 +18,7 @@ import optax
 
 from . import data as data_lib
 from .models import apply_fn, build_model, init_params
-from .taylor import taylorize
+from .taylor import taylorize, taylorize_nested
 
 FULL = "full"
 
@@ -79,10 +79,12 @@ class Engine:
     flip: bool
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    nested: bool = False  # expand with taylorize_nested (the paper's construction), for benchmarks
 
     def model_fns(self, theta0) -> dict[str, Callable]:
         """`f(params, x)` of each model, the Taylorized ones expanded around θ0."""
-        return {n: self.apply if n == FULL else taylorize(self.apply, theta0, order_of(n))
+        expand = taylorize_nested if self.nested else taylorize
+        return {n: self.apply if n == FULL else expand(self.apply, theta0, order_of(n))
                 for n in self.names}
 
 
