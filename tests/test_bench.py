@@ -1,0 +1,25 @@
+"""`python -m taylorcli.bench`: its figures exist, and XLA's FLOPs respect the Taylor-mode bound."""
+
+import json
+
+from taylorcli import bench
+
+
+def test_bench_writes_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    bench.main(["--arch", "cnn", "--width", "4", "--batch", "4", "--image", "12", "--orders", "1,2",
+                "--repeats", "1", "--no-memory", "--json", str(out)])
+    fig = json.loads(out.read_text())
+    assert set(fig["speedup_vs_nested"]) == {"1", "2"}
+    assert all(v > 0 for v in fig["speedup_vs_nested"].values())
+    assert 0 < fig["lockstep_vs_separate"] < 2
+    assert 0 < fig["data_share"] < 1 and fig["images_per_s"] > 0
+    # Compiled FLOPs of each order's step within 1.25x of (2k+1 forward + 3k-1 backward) / 3 full steps.
+    assert all(0 < v <= 1.25 for v in fig["flops_vs_bound"].values()), fig["flops_vs_bound"]
+
+
+def test_taylor_mode_needs_fewer_flops_than_nested_jvps_at_order_3():
+    b = bench.Bench(bench.Setting("cnn", 4, 8, 1, 8, 16, (3,)), repeats=1)
+    fast = bench._flops(b.compiled(b.engine_for(["order3"]))[0])
+    nested = bench._flops(b.compiled(b.engine_for(["order3"], nested=True))[0])
+    assert fast < 0.8 * nested, (fast, nested)
