@@ -47,7 +47,7 @@ def main() -> None:
 def train(
     recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/digits.yaml.",
                                   show_default=False),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run directory [default: runs/NAME]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/NAME)."),
     set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
                                    help="Override a recipe field, e.g. --set optim.lr=0.01 "
                                         "(repeatable)."),
@@ -91,6 +91,85 @@ def train(
     for name, epoch in result.diverged.items():
         print(f"taylorcli: warning: {name} diverged (loss or parameters not finite) by epoch "
               f"{epoch:g}; it was frozen there and marked in metrics.csv", file=sys.stderr)
+
+
+@app.command()
+def compare(
+    run_dirs: Optional[list[Path]] = typer.Argument(None, metavar="RUN_DIR",
+                                                    help="Run directories (the --out of "
+                                                         "`train`).", show_default=False),
+    epochs: str = typer.Option("10,80", "--epochs",
+                               help="Comma-separated epochs to show; a run that did not "
+                                    "evaluate one shows its nearest earlier epoch."),
+    fmt: Optional[str] = typer.Option(None, "--format", metavar="md|csv",
+                                      help="Write Markdown or CSV (default: md with --out, a "
+                                           "terminal table without)."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE",
+                                       help="Write the table to FILE (default: print it)."),
+) -> None:
+    """Put runs side by side in the layout of the paper's Tables 3 and 4.
+
+    One row per run and model (LIN k=1 ... FULL NN): test accuracy, cos_param and cos_func at
+    each epoch, each run labelled by what differs between the recipes (e.g. model.width=128).
+
+    Example: taylorcli compare runs/table3_cnnthin runs/table3_cnnthick --epochs 10,80
+    """
+    from .compare import ReportError, check_format, compare as compare_runs, comparison_text, \
+        to_rich, write_text
+
+    try:
+        if fmt is not None:
+            check_format(fmt)
+        result = compare_runs(run_dirs or [], epochs)
+        if out is not None:
+            write_text(out, comparison_text(result, fmt or ("csv" if out.suffix == ".csv"
+                                                            else "md")))
+    except (ReportError, *INPUT_ERRORS) as e:
+        raise _fail(str(e), BAD_INPUT) from None
+    if fmt is not None and out is None:  # the table is the output; notes go beside it
+        print(comparison_text(result, fmt), end="")
+        for note in result.notes:
+            print(f"taylorcli: note: {note}", file=sys.stderr)
+        return
+    wide = console if console.is_terminal else Console(width=240)  # logs: never squash
+    wide.print(to_rich(result.table, f"runs side by side at epochs {epochs}"))
+    for note in result.notes:
+        wide.print(f"note: {note}", highlight=False)
+    if out is not None:
+        wide.print(f"wrote {out}", highlight=False)
+
+
+@app.command()
+def report(
+    results_dir: Path = typer.Argument(Path("runs"), metavar="RESULTS_DIR",
+                                       help="Folder holding run directories (or one run "
+                                            "directory)."),
+    fmt: str = typer.Option("md", "--format", metavar="md|csv",
+                            help="report.md, or one CSV per table plus notes.txt."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR",
+                                       help="Where to write (default: RESULTS_DIR/report)."),
+) -> None:
+    """Regenerate the paper's Tables 1-4 and Figures 2-3 from the runs under RESULTS_DIR.
+
+    Runs map to the paper's settings by recipe name (results/paper/settings.csv); the paper's
+    numbers are printed beside ours. Incomplete runs and paper settings without a run are named.
+
+    Example: taylorcli report runs/digits --out results/digits
+    """
+    from .compare import ReportError, to_rich
+    from .report import report as make_report
+
+    try:
+        result = make_report(results_dir, fmt, out)
+    except (ReportError, *INPUT_ERRORS) as e:
+        raise _fail(str(e), BAD_INPUT) from None
+    wide = console if console.is_terminal else Console(width=240)  # logs: never squash
+    for title, table in result.tables.values():
+        if not table.empty:
+            wide.print(to_rich(table, title))
+    for note in result.notes:
+        wide.print(f"note: {note}", highlight=False)
+    wide.print(f"wrote {len(result.files)} files to {result.out}", highlight=False)
 
 
 def _dry_run(r) -> None:

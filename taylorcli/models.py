@@ -54,8 +54,9 @@ class Conv(_Parameterized):
     def __call__(self, x):
         c_in = x.shape[-1]
         w, scale, b = self._params((3, 3, c_in, self.features), 9 * c_in)
+        dtype = jnp.result_type(x, w)  # lax convolutions do not promote mixed dtypes
         y = lax.conv_general_dilated(
-            x, w, (self.stride, self.stride), self.padding,
+            x.astype(dtype), w.astype(dtype), (self.stride, self.stride), self.padding,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
         return (y * scale if scale != 1.0 else y) + b

@@ -50,6 +50,9 @@ class PlainProgress:
         """Called once at the end."""
         self._print(message)
 
+    def close(self) -> None:
+        """Called however the run ends (also on errors and signals)."""
+
     def _rate(self, step: int, now: float) -> float:
         return (step - self.first) / max(now - self.t0, 1e-9)
 
@@ -93,9 +96,15 @@ class RichProgress(PlainProgress):
 
     def finish(self, message: str) -> None:
         """Close the display and print the closing line."""
-        self.live.update(self._table())
-        self.live.stop()
+        self.close()
         self.console.print(message)
+
+    def close(self) -> None:
+        """Show the last state and stop the live display (it hides the cursor while it runs)."""
+        live = getattr(self, "live", None)
+        if live is not None and live.is_started:
+            live.update(self._table())
+            live.stop()
 
     def _table(self) -> Table:
         now = time.monotonic()

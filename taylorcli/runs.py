@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import io
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -20,6 +23,16 @@ METRICS_COLUMNS = [
 LAYERS_COLUMNS = ["model", "epoch", "layer", "distance", "relative_distance"]
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+# mkstemp creates 0600 files; results on shared cluster storage should read like any other file.
+FILE_MODE = 0o666 & ~_umask()
+
+
 class RunDirError(Exception):
     """A run directory that cannot be used; str(e) is one line naming the path."""
 
@@ -29,6 +42,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -52,7 +66,14 @@ class RunLock:
         try:
             # flock, not a pid file: a run killed with SIGKILL cannot leave it stuck.
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                # Some cluster filesystems (Lustre without -o flock) cannot lock at all.
+                print(f"taylorcli: warning: {self.path}: this filesystem cannot lock files "
+                      f"({e.strerror}); nothing stops a second run on the same --out",
+                      file=sys.stderr)
+                self.fd = fd
+                return
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise RunDirError(f"--out {self.path.parent}: in use by a live run ({holder}); "
@@ -64,7 +85,8 @@ class RunLock:
     def release(self) -> None:
         """Let the next run in."""
         if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):  # filesystems without locks
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
 

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import jet
 
 from jax.extend import core as jcore
@@ -75,18 +76,25 @@ def taylorize(apply_fn: Callable, params0: Any, order: int) -> Callable:
         p_leaves, p_tree = jax.tree.flatten(params0)
         d_leaves = p_tree.flatten_up_to(delta)
         a_leaves, a_tree = jax.tree.flatten(args)
+        # Arrays are traced; anything else (flags, strings, Python numbers) stays static, as it
+        # does for apply_fn itself and for the nested construction.
+        traced = [i for i, x in enumerate(a_leaves) if isinstance(x, (jax.Array, np.ndarray))]
 
         def flat_fn(*leaves):
             p = jax.tree.unflatten(p_tree, leaves[: len(p_leaves)])
-            a = jax.tree.unflatten(a_tree, leaves[len(p_leaves):])
-            return apply_fn(p, *a)
+            a = list(a_leaves)
+            for i, x in zip(traced, leaves[len(p_leaves):]):
+                a[i] = x
+            return apply_fn(p, *jax.tree.unflatten(a_tree, a))
 
-        specs = [jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) for x in p_leaves + a_leaves]
+        arrays = list(p_leaves) + [a_leaves[i] for i in traced]
+        specs = [jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x),
+                                      weak_type=getattr(x, "weak_type", False)) for x in arrays]
         closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*specs)
         inputs = [
             _Series(jnp.asarray(p0), jnp.asarray(d)[None]) if order > 0 else jnp.asarray(p0)
             for p0, d in zip(p_leaves, d_leaves)
-        ] + list(a_leaves)
+        ] + [a_leaves[i] for i in traced]
         outs = _eval_closed(closed, inputs, order)
         sums = [o.x0 + o.xs.sum(0) if isinstance(o, _Series) else o for o in outs]
         return jax.tree.unflatten(jax.tree.structure(out_shape), sums)
@@ -209,6 +217,9 @@ def _apply(eqn, invals, order):
         return _linear(eqn, invals, linear_in=(0,))
     if name in ("max", "min"):
         return [_select_extreme(eqn, invals)]
+    if name == "pow" and not isinstance(invals[1], _Series):
+        # jet's pow rule goes through log(x): NaN for a base <= 0 with a constant exponent.
+        return _nested(eqn, invals, order)
     if name in _JET:
         return _jet(eqn, invals, order)
     return _nested(eqn, invals, order)

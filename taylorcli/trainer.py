@@ -145,23 +145,22 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
         run.clear_results()
     ckpts = Checkpoints(run.checkpoints_path, recipe.checkpoint.keep,
                         [e * spe for e in recipe.checkpoint.keep_epochs])
-    latest = ckpts.latest_step()
-    if latest is not None:
-        state, meta = ckpts.restore(latest, state)
-        start, metrics, layers = latest, _rows_in(meta["metrics"]), _rows_in(meta["layers"])
-    if start == 0:
-        run.write_recipe(dump_recipe(recipe))
-
-    step_fn = jax.jit(make_train_step(engine, recipe.seed), donate_argnums=0)
-    train_x, train_y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
-    evaluator = Evaluator(engine, ds, recipe.eval.batch_size, state)
-    progress.start(total, spe, engine.names, first_step=start)
-    t0 = time.monotonic()
-    perm, last = None, {}
     try:
+        latest = ckpts.latest_step()
+        if latest is not None:
+            state, meta = ckpts.restore(latest, state)
+            start, metrics, layers = latest, _rows_in(meta["metrics"]), _rows_in(meta["layers"])
+        if latest is None:
+            run.write_recipe(dump_recipe(recipe))
+        step_fn = jax.jit(make_train_step(engine, recipe.seed), donate_argnums=0)
+        train_x, train_y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
+        evaluator = Evaluator(engine, ds, recipe.eval.batch_size, state)
+        progress.start(total, spe, engine.names, first_step=start)
+        t0 = time.monotonic()
+        perm, last = None, {}
         for step in range(start, total + 1):
             # A checkpoint at `start` was taken after that step's evaluation and saves.
-            resumed_here = step == start and start > 0
+            resumed_here = latest is not None and step == start
             if step in points and not resumed_here:
                 epoch = step / spe
                 rows, layer_rows, logits = evaluator(state, step, epoch, float(schedule(step)))
@@ -178,10 +177,11 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
                     raise FullDiverged(f"the full network diverged by step {step} (epoch "
                                        f"{epoch:g}): its loss or parameters are not finite; "
                                        f"see {run.metrics_path}")
-            if not resumed_here and (step in saves or asked):
+            stopping = bool(asked) and step < total  # a finished run has nothing to requeue
+            if not resumed_here and (step in saves or stopping):
                 ckpts.save(step, state, {"metrics": _rows_out(metrics),
                                          "layers": _rows_out(layers)})
-            if asked:
+            if stopping:
                 ckpts.wait()
                 raise Stopped(step)
             if step == total:
@@ -191,6 +191,7 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
             state, last = step_fn(state, perm, train_x, train_y)
             progress.step(step + 1, lambda: jax.device_get(last))
     finally:
+        progress.close()
         ckpts.close()
     seconds = time.monotonic() - t0
     progress.finish(f"done: steps {start}..{total} in {seconds:.1f} s; results in {run.path}")

@@ -211,3 +211,43 @@ def test_no_resume_clears_checkpoints(recipe_file, tmp_path):
     assert code == 0, stderr
     steps = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
     assert 8 not in steps  # the old run's kept epoch is gone with it
+
+
+class SignalAtStart:
+    """A quiet progress reporter that sends this process SIGTERM before the first step."""
+
+    def start(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def step(self, *args):
+        pass
+
+    def evaluation(self, *args):
+        pass
+
+    def finish(self, message):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_stop_at_step_zero_then_resume_has_no_duplicate_rows(tmp_path):
+    import pandas as pd
+
+    from taylorcli.progress import PlainProgress
+    from taylorcli.recipe import recipe_from_dict
+    from taylorcli.trainer import Stopped, train
+
+    recipe = recipe_from_dict({**RECIPE, "train": {"epochs": 2, "batch_size": 32},
+                               "optim": {"lr": 0.1},
+                               "checkpoint": {"keep_epochs": [0]}}, "resumable")
+    out = tmp_path / "run"
+    with pytest.raises(Stopped) as stopped:
+        train(recipe, str(out), SignalAtStart())
+    assert stopped.value.step == 0
+    result = train(recipe, str(out), PlainProgress(stream=open(os.devnull, "w")))
+    m = pd.read_csv(out / "metrics.csv")
+    assert not m.duplicated(["model", "step"]).any()
+    assert sorted(set(m.step)) == [0, 3, 5, 8, 16]
+    assert result.steps == 16

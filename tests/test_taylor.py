@@ -188,3 +188,25 @@ def test_pytree_outputs_and_bad_order():
     assert set(out) == {"y", "z"} and out["z"][0].shape == (2,)
     with pytest.raises(ValueError):
         taylorize(f, 0.5, -1)
+
+
+def test_pow_with_a_constant_exponent_at_nonpositive_bases():
+    # jet's pow rule goes through log(x); x ** 2.0 and RMS-norm-like code must still be exact.
+    f = lambda p, x: p["w"] ** 2.0 + jnp.mean((x * p["w"]) ** 3.0) + jnp.abs(p["w"]) ** 0.5
+    p0, p = {"w": jnp.array([-1.0, 0.3, 1.0, 2.0])}, {"w": jnp.array([-0.5, 0.5, 1.5, 1.0])}
+    x = jnp.array([1.0, -2.0, 0.5, 1.0])
+    for order in (1, 2, 3, 4):
+        assert rel_diff(taylorize(f, p0, order)(p, x), taylorize_nested(f, p0, order)(p, x)) < 1e-12
+
+
+def test_static_arguments_pass_through():
+    # Python flags, strings and numbers are not traced, as with apply_fn and the nested form.
+    def f(p, x, train, mode, scale):
+        h = jnp.tanh(x @ p)
+        return (h * scale if train and mode == "a" else h).sum()
+
+    p0 = jnp.ones((3, 2)) * 0.1
+    x = jnp.ones((4, 3))
+    for args in [(x, True, "a", 2.0), (x, False, "b", 3.0)]:
+        got = taylorize(f, p0, 2)(p0 + 0.2, *args)
+        assert jnp.allclose(got, taylorize_nested(f, p0, 2)(p0 + 0.2, *args))
