@@ -99,14 +99,17 @@ class RunDir:
 
     @property
     def metrics_path(self) -> Path:
+        """metrics.csv of this run."""
         return self.path / "metrics.csv"
 
     @property
     def layers_path(self) -> Path:
+        """layers.csv of this run."""
         return self.path / "layers.csv"
 
     @property
     def checkpoints_path(self) -> Path:
+        """The orbax checkpoints folder of this run."""
         return self.path / "checkpoints"
 
     def has_run(self) -> bool:
