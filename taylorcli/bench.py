@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import data as data_lib
+from .costs import compiled_flops, step_cost
 from .recipe import load_recipe, recipe_from_dict
 from .train import build_engine, init_state, make_train_step
 
@@ -90,7 +91,7 @@ class Bench:
             jax.block_until_ready(state)
             times.append(time.perf_counter() - t)
         return {"median_s": float(np.median(times)), "min_s": float(np.min(times)),
-                "flops": _flops(fn)}
+                "flops": compiled_flops(fn)}
 
     def time_data(self) -> float:
         """Minimum wall time of the step's data part alone: batch gather and augmentation."""
@@ -110,13 +111,6 @@ class Bench:
             jax.block_until_ready(batch(i % 4))
             times.append(time.perf_counter() - t)
         return float(np.min(times))
-
-
-def _flops(compiled) -> float:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0]
-    return float(cost.get("flops", float("nan")))
 
 
 def bound(order: int) -> float:
@@ -156,8 +150,6 @@ def run_setting(s: Setting, repeats: int, nested: bool = True) -> dict:
 
 def recipe_memory(names=TABLE1) -> dict:
     """Compiled memory (GiB) of the lockstep step of each Table 1 recipe, without running it."""
-    from .costs import step_cost
-
     out = {}
     for name in names:
         c = step_cost(load_recipe(RECIPES / f"{name}.yaml"))

@@ -30,6 +30,14 @@ class StepCost:
         return self.argument_bytes + self.output_bytes + self.temp_bytes - self.alias_bytes
 
 
+def compiled_flops(compiled) -> float:
+    """XLA's FLOP count of a compiled function."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older JAX returned one dict per device
+        cost = cost[0]
+    return float(cost.get("flops", float("nan")))
+
+
 def recipe_spec(recipe) -> data_lib.DatasetSpec:
     """The dataset's shapes, without loading it (train/test limits applied)."""
     d = recipe.data
@@ -58,13 +66,10 @@ def step_cost(recipe) -> StepCost:
     train_y = jax.ShapeDtypeStruct((spec.train_size,), jnp.int32)
     step = jax.jit(make_train_step(engine, recipe.seed), donate_argnums=0)
     compiled = step.lower(state, perm, train_x, train_y).compile()
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):  # older JAX returned one dict per device
-        cost = cost[0]
     mem = compiled.memory_analysis()
     return StepCost(
         params=count_params(state["theta0"]),
-        flops=float(cost.get("flops", float("nan"))),
+        flops=compiled_flops(compiled),
         argument_bytes=int(getattr(mem, "argument_size_in_bytes", 0)),
         output_bytes=int(getattr(mem, "output_size_in_bytes", 0)),
         temp_bytes=int(getattr(mem, "temp_size_in_bytes", 0)),
