@@ -10,7 +10,7 @@ step number, so the trajectory depends only on the recipe and the seed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -80,6 +80,7 @@ class Engine:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     nested: bool = False  # expand with taylorize_nested (the paper's construction), for benchmarks
+    batch_sharding: Any = None  # split each batch across devices (see devices.py)
 
     def model_fns(self, theta0) -> dict[str, Callable]:
         """`f(params, x)` of each model, the Taylorized ones expanded around θ0."""
@@ -146,6 +147,9 @@ def make_train_step(engine: Engine, seed: int) -> Callable:
         x = data_lib.augment(jax.random.fold_in(aug_key, state["step"]), train_x[idx],
                              pad=engine.pad, flip=engine.flip, mean=engine.mean, std=engine.std)
         y = train_y[idx]
+        if engine.batch_sharding is not None:
+            x = jax.lax.with_sharding_constraint(x, engine.batch_sharding)
+            y = jax.lax.with_sharding_constraint(y, engine.batch_sharding)
         fns = engine.model_fns(state["theta0"])
         new = {"params": {}, "opt": {}, "diverged": {}}
         stats = {}

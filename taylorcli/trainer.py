@@ -10,6 +10,7 @@ running training statistics live in the checkpointed state).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import threading
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 
 from . import data as data_lib
 from .checkpoints import Checkpoints
+from .devices import batch_sharding, data_mesh, replicate
 from .evaluate import Evaluator
 from .recipe import Recipe, RecipeError, dump_recipe, load_recipe, recipe_to_dict
 from .runs import RunDir, RunDirError, RunLock
@@ -80,6 +82,10 @@ def load_data(recipe: Recipe, source: str = "recipe") -> data_lib.Dataset:
         d.dataset, data_dir=d.data_dir, archive=d.archive, train_limit=d.train_limit,
         test_limit=d.test_limit, synthetic_train=d.synthetic_train,
         synthetic_test=d.synthetic_test, seed=recipe.seed)
+    devices = jax.device_count()
+    if recipe.train.batch_size % devices:
+        raise RecipeError(f"{source}: key train.batch_size: expected a multiple of the {devices} "
+                          f"devices the batch is split across, got {recipe.train.batch_size}")
     if recipe.train.batch_size > len(ds.train_y):
         raise RecipeError(f"{source}: key train.batch_size: expected at most the training set "
                           f"size {len(ds.train_y)} of {d.dataset}, got {recipe.train.batch_size}")
@@ -132,7 +138,8 @@ def train(recipe: Recipe, out: str, progress, resume: bool = True,
 
 def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list) -> TrainResult:
     spec = spec_of(ds)
-    engine = build_engine(recipe, spec)
+    mesh = data_mesh()
+    engine = dataclasses.replace(build_engine(recipe, spec), batch_sharding=batch_sharding(mesh))
     spe = engine.steps_per_epoch
     total = recipe.train.epochs * spe
     schedule = make_schedule(recipe.optim, spe)
@@ -153,7 +160,8 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
         if latest is None:
             run.write_recipe(dump_recipe(recipe))
         step_fn = jax.jit(make_train_step(engine, recipe.seed), donate_argnums=0)
-        train_x, train_y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
+        state = replicate(state, mesh)
+        train_x, train_y = replicate((jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)), mesh)
         evaluator = Evaluator(engine, ds, recipe.eval.batch_size, state)
         progress.start(total, spe, engine.names, first_step=start)
         t0 = time.monotonic()
@@ -187,7 +195,7 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
             if step == total:
                 break
             if perm is None or step % spe == 0:
-                perm = epoch_permutation(recipe.seed, step // spe, len(ds.train_y))
+                perm = replicate(epoch_permutation(recipe.seed, step // spe, len(ds.train_y)), mesh)
             state, last = step_fn(state, perm, train_x, train_y)
             progress.step(step + 1, lambda: jax.device_get(last))
     finally:
