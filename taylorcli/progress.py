@@ -24,9 +24,7 @@ class PlainProgress:
 
     def start(self, total_steps: int, steps_per_epoch: int, names, first_step: int = 0) -> None:
         """Called once before the first step."""
-        self.total, self.spe, self.names = total_steps, steps_per_epoch, list(names)
-        self.t0 = self.last = time.monotonic()
-        self.first = first_step
+        self._begin(total_steps, steps_per_epoch, names, first_step)
         self._print(f"training {', '.join(self.names)}: {total_steps} steps "
                     f"({steps_per_epoch} per epoch)")
 
@@ -53,6 +51,11 @@ class PlainProgress:
     def close(self) -> None:
         """Called however the run ends (also on errors and signals)."""
 
+    def _begin(self, total_steps: int, steps_per_epoch: int, names, first_step: int) -> None:
+        self.total, self.spe, self.names = total_steps, steps_per_epoch, list(names)
+        self.t0 = self.last = time.monotonic()
+        self.first = first_step
+
     def _rate(self, step: int, now: float) -> float:
         return (step - self.first) / max(now - self.t0, 1e-9)
 
@@ -70,9 +73,7 @@ class RichProgress(PlainProgress):
 
     def start(self, total_steps: int, steps_per_epoch: int, names, first_step: int = 0) -> None:
         """Open the live display."""
-        self.total, self.spe, self.names = total_steps, steps_per_epoch, list(names)
-        self.t0 = self.last = time.monotonic()
-        self.first = first_step
+        self._begin(total_steps, steps_per_epoch, names, first_step)
         self.loss: dict = {}
         self.evals: dict = {}
         self.step_now = first_step

@@ -8,15 +8,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-RECIPE = {
-    "name": "sharded",
-    "data": {"dataset": "digits", "train_limit": 128, "test_limit": 64, "pad": 2, "flip": False},
-    "model": {"arch": "cnn", "depth": 2, "width": 4},
-    "taylor": {"orders": [1, 2]},
-    "train": {"epochs": 2, "batch_size": 32},
-    "optim": {"lr": 0.1, "grad_clip": 5.0, "schedule": "constant"},
-    "eval": {"every_epochs": 1, "batch_size": 64},
-}
+from conftest import TINY
+
+RECIPE = {**TINY, "name": "sharded"}
 
 
 def run(tmp_path, devices):

@@ -27,6 +27,16 @@ from taylorcli.trainer import evaluation_steps, load_data, spec_of, train
 # Independent reference: the models, the loss and the optimizer written out by hand.
 
 
+
+def lockstep(recipe):
+    """Data, spec, engine, initial state, jitted step and on-device training set of a recipe."""
+    ds = load_data(recipe)
+    spec = spec_of(ds)
+    engine = build_engine(recipe, spec)
+    state = init_state(engine, recipe, spec)
+    step_fn = jax.jit(make_train_step(engine, recipe.seed))
+    return ds, spec, engine, state, step_fn, jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
+
 def ce_loss(logits, y):
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1))
 
@@ -75,13 +85,8 @@ def test_lockstep_steps_match_hand_sgd(tiny_recipe):
         "data.train_limit=64", "data.flip=true", "train.epochs=2",  # 2 steps per epoch
         "optim.lr=0.5", "optim.momentum=0.9", "optim.weight_decay=0.01", f"optim.grad_clip={CLIP}",
         "optim.schedule=step", "optim.decay_epochs=[1]", "optim.decay_factor=0.2")
-    ds = load_data(recipe)
-    spec = spec_of(ds)
-    engine = build_engine(recipe, spec)
+    ds, spec, engine, state, step_fn, train_x, train_y = lockstep(recipe)
     assert engine.steps_per_epoch == 2
-    state = init_state(engine, recipe, spec)
-    step_fn = jax.jit(make_train_step(engine, recipe.seed))
-    train_x, train_y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
 
     # θ0 is the recipe's initialization, shared by every model.
     model = build_model(recipe.model, spec.num_classes)
@@ -224,12 +229,7 @@ def test_run_equals_manual_step_loop(schedule_runs, tiny_recipe):
     """The training loop feeds the step the right permutation each epoch, for the right number of
     steps: its final logits equal those of a loop written here."""
     recipe = tiny_recipe(*SCHEDULE)
-    ds = load_data(recipe)
-    spec = spec_of(ds)
-    engine = build_engine(recipe, spec)
-    state = init_state(engine, recipe, spec)
-    step_fn = jax.jit(make_train_step(engine, recipe.seed))
-    train_x, train_y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
+    ds, spec, engine, state, step_fn, train_x, train_y = lockstep(recipe)
     for t in range(3 * 2):
         state, _ = step_fn(state, epoch_permutation(recipe.seed, t // 2, 64), train_x, train_y)
     x = standardized_test_x(ds)
@@ -293,12 +293,7 @@ def test_divergence_freezes_exactly_that_model(tiny_recipe):
     """lr=1e6 without clipping: a model that blows up is frozen at its last finite state, for good,
     while the models that stay finite keep being updated; the flag is sticky."""
     recipe = tiny_recipe(*DIVERGE)
-    ds = load_data(recipe)
-    spec = spec_of(ds)
-    engine = build_engine(recipe, spec)
-    state = init_state(engine, recipe, spec)
-    step_fn = jax.jit(make_train_step(engine, recipe.seed))
-    train_x, train_y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
+    ds, spec, engine, state, step_fn, train_x, train_y = lockstep(recipe)
     assert int_leaves(state["opt"]["full"]), "expected a step count in the scheduled optimizer state"
     # order1 is flagged by hand before it ever blows up: the flag alone must freeze it, for good.
     state["diverged"]["order1"] = jnp.array(True)
