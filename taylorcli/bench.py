@@ -71,7 +71,8 @@ class Bench:
 
     def engine_for(self, names, nested=False):
         """The lockstep engine restricted to some models."""
-        return dataclasses.replace(self.engine, names=tuple(names), nested=nested)
+        specs = tuple(s for s in self.engine.specs if s.name in names)
+        return dataclasses.replace(self.engine, specs=specs, nested=nested)
 
     def compiled(self, engine):
         """The engine's step compiled for this setting's shapes."""

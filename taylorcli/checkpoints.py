@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import jax
@@ -16,14 +17,25 @@ class CheckpointError(Exception):
 class Checkpoints:
     """The run directory's checkpoints/ folder, one orbax step folder per saved step."""
 
-    def __init__(self, directory: str | Path, keep: int, keep_steps=()):
+    def __init__(self, directory: str | Path, keep: int = 1, keep_steps=(), read_only=False):
         self.directory = Path(directory).absolute()
         policy = policies.AnyPreservationPolicy(
             [policies.LatestN(keep), policies.CustomSteps(list(keep_steps))])
-        self.manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=True),
-        )
+        # A parent run read by `spawn` is opened read-only: nothing of it is ever deleted.
+        absl = logging.getLogger("absl")
+        level = absl.level
+        if read_only:  # orbax warns that a read-only manager will not save, which is the point
+            absl.setLevel(logging.ERROR)
+        try:
+            options = ocp.CheckpointManagerOptions(preservation_policy=policy,
+                                                   create=not read_only, read_only=read_only)
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
+        finally:
+            absl.setLevel(level)
+
+    def steps(self) -> list[int]:
+        """Every complete checkpoint's step, oldest first."""
+        return sorted(self.manager.all_steps())
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint (orbax skips unfinished ones)."""

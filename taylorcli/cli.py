@@ -140,6 +140,65 @@ def compare(
 
 
 @app.command()
+def spawn(
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="The parent run (the --out of "
+                                   "`train`).", show_default=False),
+    at: str = typer.Option(..., "--at", metavar="E[,E2,...]",
+                           help="Spawn epochs: expand the parent's network at each of them.",
+                           show_default=False),
+    order: str = typer.Option("1", "--order", metavar="K[,K2,...]",
+                              help="Taylor orders to spawn (1: the data-dependent NTK)."),
+    children: int = typer.Option(0, "--children", min=0,
+                                 help="Copies of the parent's network trained with their own "
+                                      "SGD noise; with 2 or more, children.csv has their error "
+                                      "barrier, function-space and ReLU-pattern distances."),
+    reexpand_every: Optional[str] = typer.Option(
+        None, "--reexpand-every", metavar="K[,...]",
+        help="Also train each order re-expanded every K steps (1: ordinary training, inf: never; "
+             "doubling:K re-expands after K, 2K, 4K, ... steps: often early, rarely late)."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR",
+                                       help="Where the spawned runs go (default: RUN_DIR/spawn); "
+                                            "one run directory per spawn epoch, DIR/atE."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="Override optim.*, eval.* or checkpoint.* of the "
+                                        "spawned runs (repeatable)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume",
+                                help="Continue spawned runs already in DIR; --no-resume starts "
+                                     "them over."),
+) -> None:
+    """Taylorize the parent's network at chosen epochs and train it for the rest of the schedule.
+
+    Each spawned run trains, from the parent's network and optimizer state at epoch E, with the
+    parent's data order and augmentation: `full` (the parent, continued), `spawn@E/orderK`,
+    re-expanding variants, and children. Then DIR/spawn.csv, spawn.md and spawn.png put the
+    final test accuracy against the spawn epoch (Fort et al. 2020, Figure 8).
+
+    Example: taylorcli spawn runs/digits --at 0,1,2,5,10 --order 1,2 --children 2
+    """
+    from .spawning import parse_list, spawn as spawn_runs
+    from .trainer import FullDiverged, Stopped
+
+    try:
+        epochs = parse_list(at, "--at")
+        orders = parse_list(order, "--order", int, minimum=1)
+        from .progress import make_progress
+
+        sweep = spawn_runs(run_dir, epochs, orders, children=children, reexpand=reexpand_every,
+                           overrides=set_, out=out, progress=make_progress(console),
+                           resume=resume, source=str(run_dir))
+    except INPUT_ERRORS as e:
+        raise _fail(str(e), BAD_INPUT) from None
+    except Stopped as e:
+        raise _fail(str(e), STOPPED, kind="stopped") from None
+    except FullDiverged as e:
+        raise _fail(str(e), FULL_DIVERGED) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; rerun the same command to continue", INTERRUPTED,
+                    kind="stopped") from None
+    _print_sweep(sweep)
+
+
+@app.command()
 def report(
     results_dir: Path = typer.Argument(Path("runs"), metavar="RESULTS_DIR",
                                        help="Folder holding run directories (or one run "
@@ -200,6 +259,20 @@ def _dry_run(r) -> None:
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
+
+
+def _print_sweep(sweep) -> None:
+    from .compare import to_rich
+    from .spawning import accuracy_table
+
+    wide = console if console.is_terminal else Console(width=240)  # logs: never squash
+    if sweep.summary is not None and not sweep.summary.empty:
+        wide.print(to_rich(accuracy_table(sweep.summary), "final test accuracy by spawn epoch"))
+    if sweep.children is not None and not sweep.children.empty:
+        wide.print(to_rich(sweep.children, "children at the final evaluation"))
+    for note in sweep.notes:
+        wide.print(f"note: {note}", highlight=False)
+    wide.print(f"wrote {', '.join(str(f) for f in sweep.files)}", highlight=False)
 
 
 def _gib(n: int) -> str:

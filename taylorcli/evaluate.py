@@ -69,7 +69,7 @@ class Evaluator:
                 "model": name, "order": order_of(name), "epoch": round(epoch, 6), "step": step,
                 "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                 "test_loss": test_loss, "test_acc": test_acc,
-                "cos_param": float(cp) if name != FULL or step == 0 else 1.0,
+                "cos_param": float(cp) if name != FULL or step == self.engine.start_step else 1.0,
                 "cos_func": cos_func(logits[FULL], logits[name]),
                 # Finite parameters can still give non-finite logits: that is divergence too.
                 "diverged": bool(diverged[name]) or not math.isfinite(test_loss),

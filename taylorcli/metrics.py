@@ -73,3 +73,31 @@ def loss_and_accuracy(logits, labels, loss_fn) -> tuple[float, float]:
     """Mean loss and accuracy of logits against integer labels."""
     logits = jnp.asarray(logits)
     return float(loss_fn(logits, labels)), float(jnp.mean(jnp.argmax(logits, -1) == labels))
+
+
+def disagreement(logits_a, logits_b) -> float:
+    """Fraction of examples whose predicted labels differ."""
+    return float(np.mean(np.argmax(logits_a, -1) != np.argmax(logits_b, -1)))
+
+
+def function_distance(logits_a, logits_b, labels, num_classes: int) -> float:
+    """Fort et al.'s normalized disagreement: disagreement over that of independent classifiers.
+
+    Two independent classifiers with error rates E1, E2 over C classes disagree on a fraction
+    1 − (1−E1)(1−E2) − E1·E2/(C−1) of the examples.
+    """
+    e1 = float(np.mean(np.argmax(logits_a, -1) != labels))
+    e2 = float(np.mean(np.argmax(logits_b, -1) != labels))
+    expected = 1 - (1 - e1) * (1 - e2) - e1 * e2 / (num_classes - 1)
+    return disagreement(logits_a, logits_b) / expected if expected > 0 else float("nan")
+
+
+def error_barrier(errors) -> float:
+    """max over α of err(α θ1 + (1−α) θ2) − (α err(θ1) + (1−α) err(θ2)), errors on a uniform α grid.
+
+    `errors[0]` is at α = 0 (θ2) and `errors[-1]` at α = 1 (θ1).
+    """
+    errors = np.asarray(errors, np.float64)
+    alphas = np.linspace(0.0, 1.0, len(errors))
+    line = alphas * errors[-1] + (1 - alphas) * errors[0]
+    return float(np.max(errors - line))

@@ -88,7 +88,12 @@ class _Network(nn.Module):
     def _layers(self) -> tuple[Callable, dict]:
         """The activation function and the keyword arguments every layer takes."""
         kw = dict(parameterization=self.parameterization, w_std=self.w_std, b_std=self.b_std)
-        return ACTIVATIONS[self.activation], kw
+        return self._activate, kw
+
+    def _activate(self, x):
+        # Sown only when applied with mutable=["intermediates"]: the on/off patterns of Fort et al.
+        self.sow("intermediates", "preactivations", x)
+        return ACTIVATIONS[self.activation](x)
 
 
 class CNN(_Network):
@@ -173,3 +178,9 @@ def count_params(params) -> int:
 def apply_fn(model: nn.Module) -> Callable:
     """`f(params, x) -> logits`, the function every Taylorized model expands."""
     return lambda params, x: model.apply({"params": params}, x)
+
+
+def preactivations(model: nn.Module, params, x) -> list[jax.Array]:
+    """The input of every activation in the network, one array per activation, batch first."""
+    _, state = model.apply({"params": params}, x, mutable=["intermediates"])
+    return [a.reshape(a.shape[0], -1) for a in jax.tree.leaves(state["intermediates"])]

@@ -98,6 +98,17 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class SpawnConfig:
+    """Where a spawned run starts: a parent run's full network at an epoch (`taylorcli spawn`)."""
+    parent: str | None = None  # the parent's run directory; null for an ordinary run
+    epoch: float = _spec(0.0, ">= 0")  # spawn point, in the parent's epochs
+    children: int = _spec(0, ">= 0")  # copies of the parent's network with their own SGD noise
+    child_seeds: tuple[int, ...] = _spec((), ">= 1", seq="distinct")  # noise streams; default 1..children
+    reexpand_every: tuple[int, ...] = _spec((), ">= 1", seq="distinct")  # re-expand each order every K steps
+    reexpand_doubling: tuple[int, ...] = _spec((), ">= 1", seq="distinct")  # intervals K, 2K, 4K, ...
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A complete, validated training recipe."""
     name: str = "recipe"
@@ -109,6 +120,7 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    spawn: SpawnConfig = field(default_factory=SpawnConfig)
 
 
 SECTIONS = {f.name: f.type for f in fields(Recipe) if is_dataclass(f.type)}
@@ -281,6 +293,13 @@ def recipe_from_dict(raw: dict, source: str = "<recipe>", overrides: Sequence[st
     if any(e > recipe.train.epochs for e in recipe.checkpoint.keep_epochs):
         raise RecipeError(f"{where('checkpoint.keep_epochs', 'train.epochs')}: key checkpoint.keep_epochs: expected "
                           f"epochs <= train.epochs ({recipe.train.epochs}), got {list(recipe.checkpoint.keep_epochs)}")
+    sp = recipe.spawn
+    if sp.child_seeds and len(sp.child_seeds) != sp.children:
+        raise RecipeError(f"{where('spawn.child_seeds', 'spawn.children')}: key spawn.child_seeds: expected "
+                          f"{sp.children} seeds (one per child) or [], got {list(sp.child_seeds)}")
+    if sp.parent is not None and sp.epoch > recipe.train.epochs:
+        raise RecipeError(f"{where('spawn.epoch', 'train.epochs')}: key spawn.epoch: expected at most "
+                          f"train.epochs ({recipe.train.epochs}), got {sp.epoch:g}")
     depth = recipe.model.depth
     if recipe.model.arch == "wrn" and (depth < 10 or (depth - 4) % 6):
         raise RecipeError(f"{where('model.depth', 'model.arch')}: key model.depth: expected 6n+4 with n >= 1 "

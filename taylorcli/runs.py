@@ -128,8 +128,9 @@ class RunDir:
 
     def clear_results(self) -> None:
         """Remove the results and checkpoints of an earlier run (on an explicit --no-resume)."""
-        for name in ("metrics.csv", "layers.csv", "recipe.yaml"):
-            (self.path / name).unlink(missing_ok=True)
+        for table in self.path.glob("*.csv"):  # metrics, layers and the extra analyses' tables
+            table.unlink()
+        (self.path / "recipe.yaml").unlink(missing_ok=True)
         logits = self.path / "logits"
         if logits.is_dir():
             for f in logits.glob("*.npz"):

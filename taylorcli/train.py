@@ -9,6 +9,7 @@ step number, so the trajectory depends only on the recipe and the seed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -29,8 +30,60 @@ def model_names(orders) -> list[str]:
 
 
 def order_of(name: str) -> int:
-    """Taylor order of a model name (0 for the full network)."""
-    return 0 if name == FULL else int(name.removeprefix("order"))
+    """Taylor order of a model name: 0 for `full` and `childN`, k for `orderk`, `spawn@E/orderk`, ..."""
+    found = re.search(r"(?:^|/)order(\d+)", name)
+    return int(found.group(1)) if found else 0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of a lockstep run: its name, Taylor order, data-noise stream and re-expansion."""
+
+    name: str
+    order: int = 0  # 0: the network itself
+    stream: int = 0  # index into Engine.streams; children draw their own minibatches
+    reexpand: tuple[str, int] | None = None  # ("every", K) or ("doubling", K), in steps
+
+
+def model_specs(recipe) -> tuple[ModelSpec, ...]:
+    """The models a recipe trains: the network and its orders, or a spawned run's models."""
+    sp = recipe.spawn
+    orders = recipe.taylor.orders
+    if sp.parent is None:
+        return (ModelSpec(FULL),) + tuple(ModelSpec(f"order{k}", k) for k in orders)
+    at = f"spawn@{sp.epoch:g}/"
+    specs = [ModelSpec(FULL)]
+    for k in orders:
+        specs.append(ModelSpec(f"{at}order{k}", k))
+        specs += [ModelSpec(f"{at}order{k}/every{K}", k, reexpand=("every", K))
+                  for K in sp.reexpand_every]
+        specs += [ModelSpec(f"{at}order{k}/doubling{K}", k, reexpand=("doubling", K))
+                  for K in sp.reexpand_doubling]
+    specs += [ModelSpec(f"child{i}", stream=i + 1) for i in range(sp.children)]
+    return tuple(specs)
+
+
+def noise_streams(recipe) -> tuple[int, ...]:
+    """Seeds of the data-noise streams: 0 is the recipe's own order and augmentation."""
+    sp = recipe.spawn
+    return (0,) + (tuple(sp.child_seeds) or tuple(range(1, sp.children + 1)))
+
+
+def spawn_step(recipe, steps_per_epoch: int) -> int:
+    """The step a run starts from: 0, or the parent's step at a spawned run's epoch."""
+    sp = recipe.spawn
+    return 0 if sp.parent is None else int(round(sp.epoch * steps_per_epoch))
+
+
+def reexpands_at(reexpand: tuple[str, int], steps_since: jax.Array) -> jax.Array:
+    """Whether a re-expanding model moves its expansion point to its parameters at this step."""
+    kind, k = reexpand
+    due = (steps_since > 0) & (steps_since % k == 0)
+    if kind == "every":
+        return due
+    # Doubling intervals K, 2K, 4K, ...: re-expansion at K·(2^j − 1), often early, rarely late.
+    q = steps_since // k + 1
+    return due & ((q & (q - 1)) == 0)
 
 
 def make_schedule(optim, steps_per_epoch: int) -> optax.Schedule:
@@ -70,7 +123,7 @@ class Engine:
     """Everything static about a lockstep run: models, optimizer, loss, augmentation."""
 
     apply: Callable
-    names: tuple[str, ...]
+    specs: tuple[ModelSpec, ...]
     optimizer: optax.GradientTransformation
     loss: Callable
     batch_size: int
@@ -81,12 +134,21 @@ class Engine:
     std: tuple[float, ...]
     nested: bool = False  # expand with taylorize_nested (the paper's construction), for benchmarks
     batch_sharding: Any = None  # split each batch across devices (see devices.py)
+    streams: tuple[int, ...] = (0,)  # data-noise stream seeds; specs index into them
+    start_step: int = 0  # a spawned run's first step: re-expansion intervals count from here
 
-    def model_fns(self, theta0) -> dict[str, Callable]:
-        """`f(params, x)` of each model, the Taylorized ones expanded around θ0."""
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Model names, in lockstep order (`full` first)."""
+        return tuple(s.name for s in self.specs)
+
+    def model_fns(self, state) -> dict[str, Callable]:
+        """`f(params, x)` of each model, each Taylorized one expanded around its expansion point."""
         expand = taylorize_nested if self.nested else taylorize
-        return {n: self.apply if n == FULL else expand(self.apply, theta0, order_of(n))
-                for n in self.names}
+        centers = state.get("centers", {})
+        return {s.name: self.apply if s.order == 0 else
+                expand(self.apply, centers.get(s.name, state["theta0"]), s.order)
+                for s in self.specs}
 
 
 def build_engine(recipe, spec) -> Engine:
@@ -94,7 +156,7 @@ def build_engine(recipe, spec) -> Engine:
     steps_per_epoch = spec.train_size // recipe.train.batch_size
     return Engine(
         apply=apply_fn(build_model(recipe.model, spec.num_classes)),
-        names=tuple(model_names(recipe.taylor.orders)),
+        specs=model_specs(recipe),
         optimizer=make_optimizer(recipe.optim, steps_per_epoch),
         loss=make_loss(recipe.train.loss, spec.num_classes),
         batch_size=recipe.train.batch_size,
@@ -103,12 +165,16 @@ def build_engine(recipe, spec) -> Engine:
         flip=recipe.data.flip,
         mean=tuple(spec.mean),
         std=tuple(spec.std),
+        streams=noise_streams(recipe),
+        start_step=spawn_step(recipe, steps_per_epoch),
     )
 
 
-def rng_streams(seed: int) -> dict[str, jax.Array]:
-    """Independent keys for initialization, shuffling and augmentation."""
+def rng_streams(seed: int, stream: int = 0) -> dict[str, jax.Array]:
+    """Independent keys for initialization, shuffling and augmentation (per data-noise stream)."""
     root = jax.random.key(seed)
+    if stream:
+        root = jax.random.fold_in(jax.random.fold_in(root, 0x5EED), stream)
     return {name: jax.random.fold_in(root, i) for i, name in enumerate(["init", "shuffle", "augment"])}
 
 
@@ -116,15 +182,25 @@ def init_state(engine: Engine, recipe, spec) -> dict:
     """Step 0: every model at the same θ0, fresh optimizer states, nothing diverged."""
     model = build_model(recipe.model, spec.num_classes)
     theta0 = init_params(model, rng_streams(recipe.seed)["init"], spec.image_shape)
-    return {
-        "step": jnp.zeros((), jnp.int32),
-        "theta0": theta0,
+    return lockstep_state(engine, jnp.zeros((), jnp.int32), theta0, engine.optimizer.init(theta0))
+
+
+def lockstep_state(engine: Engine, step, theta, opt_state) -> dict:
+    """Every model at θ with the optimizer state `opt_state`, nothing diverged, from `step`."""
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)
+    state = {
+        "step": jnp.asarray(step, jnp.int32),
+        "theta0": theta,
         # Separate buffers per model: the step donates its state, and donated buffers must be distinct.
-        "params": {n: jax.tree.map(jnp.copy, theta0) for n in engine.names},
-        "opt": {n: engine.optimizer.init(theta0) for n in engine.names},
+        "params": {n: copy(theta) for n in engine.names},
+        "opt": {n: copy(opt_state) for n in engine.names},
         "diverged": {n: jnp.zeros((), bool) for n in engine.names},
         "stats": zero_stats(engine),
     }
+    centers = {s.name: copy(theta) for s in engine.specs if s.reexpand}
+    if centers:  # only then, so checkpoints of runs without re-expansion keep their layout
+        state["centers"] = centers
+    return state
 
 
 def zero_stats(engine: Engine) -> dict:
@@ -132,29 +208,54 @@ def zero_stats(engine: Engine) -> dict:
     return {n: jnp.zeros(3, jnp.float32) for n in engine.names}
 
 
-def epoch_permutation(seed: int, epoch: int, n: int) -> jax.Array:
+def epoch_permutation(seed: int, epoch: int, n: int, stream: int = 0) -> jax.Array:
     """The order of the training set in one epoch."""
-    return jax.random.permutation(jax.random.fold_in(rng_streams(seed)["shuffle"], epoch), n)
+    return jax.random.permutation(jax.random.fold_in(rng_streams(seed, stream)["shuffle"], epoch), n)
+
+
+def epoch_permutations(engine: Engine, seed: int, epoch: int, n: int) -> jax.Array:
+    """One epoch's order for every data-noise stream, stacked: the step's `perms` argument."""
+    return jnp.stack([epoch_permutation(seed, epoch, n, s) for s in engine.streams])
 
 
 def make_train_step(engine: Engine, seed: int) -> Callable:
-    """`step(state, perm, train_x, train_y) -> (state, stats)`, all models on one shared batch."""
-    aug_key = rng_streams(seed)["augment"]
+    """`step(state, perms, train_x, train_y) -> (state, stats)`, all models on one shared batch.
 
-    def step(state, perm, train_x, train_y):
+    `perms` is `epoch_permutations(...)`, one row per data-noise stream (or one permutation).
+
+    Children (models with their own data-noise stream) get their own minibatch and augmentation.
+    """
+    aug_keys = [rng_streams(seed, s)["augment"] for s in engine.streams]
+
+    def batch(state, perms, train_x, train_y, j):
         i = state["step"] % engine.steps_per_epoch
-        idx = jax.lax.dynamic_slice_in_dim(perm, i * engine.batch_size, engine.batch_size)
-        x = data_lib.augment(jax.random.fold_in(aug_key, state["step"]), train_x[idx],
+        idx = jax.lax.dynamic_slice_in_dim(perms[j], i * engine.batch_size, engine.batch_size)
+        x = data_lib.augment(jax.random.fold_in(aug_keys[j], state["step"]), train_x[idx],
                              pad=engine.pad, flip=engine.flip, mean=engine.mean, std=engine.std)
         y = train_y[idx]
         if engine.batch_sharding is not None:
             x = jax.lax.with_sharding_constraint(x, engine.batch_sharding)
             y = jax.lax.with_sharding_constraint(y, engine.batch_sharding)
-        fns = engine.model_fns(state["theta0"])
+        return x, y
+
+    def step(state, perms, train_x, train_y):
+        perms = perms[None] if perms.ndim == 1 else perms  # one stream: a plain permutation will do
+        batches = [batch(state, perms, train_x, train_y, j) for j in range(len(engine.streams))]
+        since = state["step"] - engine.start_step
+        if "centers" in state:
+            centers = {s.name: jax.tree.map(
+                lambda p, c, s=s: jnp.where(reexpands_at(s.reexpand, since), p, c),
+                state["params"][s.name], state["centers"][s.name])
+                for s in engine.specs if s.reexpand}
+            state = {**state, "centers": centers}
+        fns = engine.model_fns(state)
         new = {"params": {}, "opt": {}, "diverged": {}}
         stats = {}
-        for name, fn in fns.items():
-            def loss_fn(p, fn=fn):
+        for spec in engine.specs:
+            name, fn = spec.name, fns[spec.name]
+            x, y = batches[spec.stream]
+
+            def loss_fn(p, fn=fn, x=x, y=y):
                 logits = fn(p, x)
                 return engine.loss(logits, y), logits
 
@@ -172,7 +273,7 @@ def make_train_step(engine: Engine, seed: int) -> Callable:
             stats[name] = jnp.stack([loss, jnp.sum(jnp.argmax(logits, -1) == y).astype(loss.dtype)])
         # The running sums live in the state, so a checkpoint between evaluations loses nothing.
         sums = {n: state["stats"][n] + jnp.append(stats[n], 1.0) for n in stats}
-        return {"step": state["step"] + 1, "theta0": state["theta0"], **new, "stats": sums}, stats
+        return {**state, "step": state["step"] + 1, **new, "stats": sums}, stats
 
     return step
 
@@ -186,7 +287,7 @@ def make_eval_logits(engine: Engine) -> Callable:
     """`logits(state, x) -> {model: logits}` on standardized inputs."""
 
     def logits(state, x):
-        fns = engine.model_fns(state["theta0"])
+        fns = engine.model_fns(state)
         return {n: fn(state["params"][n], x) for n, fn in fns.items()}
 
     return logits

@@ -26,8 +26,8 @@ from .devices import batch_sharding, data_mesh, replicate
 from .evaluate import Evaluator
 from .recipe import Recipe, RecipeError, dump_recipe, load_recipe, recipe_to_dict
 from .runs import RunDir, RunDirError, RunLock
-from .train import FULL, build_engine, epoch_permutation, init_state, make_schedule, \
-    make_train_step, zero_stats
+from .train import FULL, build_engine, epoch_permutations, init_state, make_schedule, \
+    make_train_step, spawn_step, zero_stats
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,17 @@ class FullDiverged(Exception):
 
 
 def evaluation_steps(recipe: Recipe, steps_per_epoch: int) -> list[int]:
-    """Steps at which every model is evaluated: 0, every `eval.every_epochs`, `eval.steps`, the end."""
+    """Steps at which every model is evaluated: the start, every `eval.every_epochs`, `eval.steps`, the end.
+
+    A spawned run starts at its spawn step and evaluates there and at the parent's later points.
+    """
     total = recipe.train.epochs * steps_per_epoch
     every = recipe.eval.every_epochs
-    points = {0, total}
+    first = spawn_step(recipe, steps_per_epoch)
+    points = {first, total}
     points |= {e * steps_per_epoch for e in range(every, recipe.train.epochs + 1, every)}
     points |= {s for s in recipe.eval.steps if s < total}
-    return sorted(points)
+    return sorted(p for p in points if p >= first)
 
 
 def checkpoint_steps(recipe: Recipe, steps_per_epoch: int) -> set[int]:
@@ -72,7 +76,8 @@ def checkpoint_steps(recipe: Recipe, steps_per_epoch: int) -> set[int]:
     steps |= set(range(c.every_epochs * steps_per_epoch, total, c.every_epochs * steps_per_epoch))
     if c.every_steps:
         steps |= set(range(c.every_steps, total, c.every_steps))
-    return steps
+    first = spawn_step(recipe, steps_per_epoch)
+    return {s for s in steps if s >= first}
 
 
 def load_data(recipe: Recipe, source: str = "recipe") -> data_lib.Dataset:
@@ -145,9 +150,8 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
     schedule = make_schedule(recipe.optim, spe)
     points = evaluation_steps(recipe, spe)
     saves = checkpoint_steps(recipe, spe)
-    state = init_state(engine, recipe, spec)
 
-    start, metrics, layers = 0, [], []
+    start, metrics, layers, tables = spawn_step(recipe, spe), [], [], {}
     if not (run.has_run() and resume):
         run.clear_results()
     ckpts = Checkpoints(run.checkpoints_path, recipe.checkpoint.keep,
@@ -155,14 +159,18 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
     try:
         latest = ckpts.latest_step()
         if latest is not None:
-            state, meta = ckpts.restore(latest, state)
+            like = jax.eval_shape(lambda: init_state(engine, recipe, spec))  # same layout
+            state, meta = ckpts.restore(latest, like)
             start, metrics, layers = latest, _rows_in(meta["metrics"]), _rows_in(meta["layers"])
-        if latest is None:
+            tables = {k: _rows_in(v) for k, v in meta.get("tables", {}).items()}
+        else:
+            state = initial_state(engine, recipe, spec, ds)
             run.write_recipe(dump_recipe(recipe))
         step_fn = jax.jit(make_train_step(engine, recipe.seed), donate_argnums=0)
         state = replicate(state, mesh)
         train_x, train_y = replicate((jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)), mesh)
         evaluator = Evaluator(engine, ds, recipe.eval.batch_size, state)
+        analyses = [a for a in extra_analyses(recipe, spec, evaluator) if a]
         progress.start(total, spe, engine.names, first_step=start)
         t0 = time.monotonic()
         perm, last = None, {}
@@ -180,6 +188,11 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
                 run.write_layers(layers)
                 if recipe.eval.save_logits:
                     run.write_logits(step, logits)
+                for analysis in analyses:
+                    tables.setdefault(analysis.file, []).extend(
+                        analysis(state, step, epoch, logits))
+                    run.write_table(run.path / analysis.file, tables[analysis.file],
+                                    analysis.columns)
                 progress.evaluation(step, epoch, rows)
                 if rows[0]["diverged"]:
                     raise FullDiverged(f"the full network diverged by step {step} (epoch "
@@ -188,14 +201,16 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
             stopping = bool(asked) and step < total  # a finished run has nothing to requeue
             if not resumed_here and (step in saves or stopping):
                 ckpts.save(step, state, {"metrics": _rows_out(metrics),
-                                         "layers": _rows_out(layers)})
+                                         "layers": _rows_out(layers),
+                                         "tables": {k: _rows_out(v) for k, v in tables.items()}})
             if stopping:
                 ckpts.wait()
                 raise Stopped(step)
             if step == total:
                 break
             if perm is None or step % spe == 0:
-                perm = replicate(epoch_permutation(recipe.seed, step // spe, len(ds.train_y)), mesh)
+                perm = replicate(epoch_permutations(engine, recipe.seed, step // spe,
+                                                    len(ds.train_y)), mesh)
             state, last = step_fn(state, perm, train_x, train_y)
             progress.step(step + 1, lambda: jax.device_get(last))
     finally:
@@ -205,6 +220,22 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
     progress.finish(f"done: steps {start}..{total} in {seconds:.1f} s; results in {run.path}")
     return TrainResult(run, total, seconds, metrics[-len(engine.names):],
                        diverged_models(metrics))
+
+
+def initial_state(engine, recipe: Recipe, spec, ds) -> dict:
+    """The state a new run starts from: θ0 from the seed, or a parent's network for a spawned run."""
+    if recipe.spawn.parent is None:
+        return init_state(engine, recipe, spec)
+    from .spawn import spawned_state
+
+    return spawned_state(engine, recipe, spec, ds)
+
+
+def extra_analyses(recipe: Recipe, spec, evaluator) -> list:
+    """Analyses beyond metrics.csv that a recipe asks for, each writing its own table."""
+    from .children import ChildrenMetrics
+
+    return [ChildrenMetrics(recipe, spec, evaluator)]
 
 
 def check_same_recipe(run: RunDir, recipe: Recipe) -> None:
