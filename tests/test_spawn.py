@@ -1,0 +1,263 @@
+"""`taylorcli spawn`: spawned models, children and re-expansion against independent computations."""
+
+import dataclasses
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from taylorcli.cli import app
+from taylorcli.metrics import error_barrier, function_distance
+from taylorcli.models import build_model, preactivations
+from taylorcli.progress import PlainProgress
+from taylorcli.spawn import parent_network, parent_recipe, replay, spawn_recipe
+from taylorcli.train import ModelSpec, build_engine, epoch_permutations, lockstep_state, \
+    reexpands_at
+from taylorcli.trainer import load_data, spec_of, train
+
+EPOCHS = "train.epochs=3"
+
+
+class Quiet(PlainProgress):
+    """Progress that prints nothing."""
+
+    def __init__(self):
+        super().__init__(stream=io.StringIO())
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory, tiny_recipe):
+    """A 3-epoch tiny run with a checkpoint kept at epoch 1."""
+    out = tmp_path_factory.mktemp("parent") / "run"
+    train(tiny_recipe(EPOCHS, "checkpoint.keep_epochs=[1]", "checkpoint.keep=1"), str(out), Quiet())
+    return out
+
+
+def spawned(parent, out, epoch, orders=(1, 2), **kw):
+    recipe = spawn_recipe(parent_recipe(parent), parent, epoch, orders, **kw)
+    train(recipe, str(out), Quiet())
+    return pd.read_csv(out / "metrics.csv"), recipe
+
+
+def test_spawn_at_zero_reproduces_the_parents_own_taylor_models(parent, tmp_path):
+    metrics, _ = spawned(parent, tmp_path / "at0", 0)
+    theirs = pd.read_csv(parent / "metrics.csv").set_index(["model", "step"])
+    for k in (1, 2):
+        ours = metrics[metrics["model"] == f"spawn@0/order{k}"].set_index("step")
+        assert list(ours.index) == [0, 4, 8, 12]
+        for step, row in ours.iterrows():
+            ref = theirs.loc[(f"order{k}", step)]
+            for col in ("test_acc", "test_loss", "cos_func", "train_loss"):
+                assert row[col] == pytest.approx(ref[col], rel=1e-5, abs=1e-6, nan_ok=True), col
+        with np.load(tmp_path / "at0" / "logits" / "step00000012.npz") as a, \
+                np.load(parent / "logits" / "step00000012.npz") as b:
+            np.testing.assert_allclose(a[f"spawn@0__order{k}"], b[f"order{k}"], rtol=1e-5,
+                                       atol=1e-5)
+
+
+def test_spawned_run_continues_the_parent_and_expands_there(parent, tmp_path):
+    metrics, recipe = spawned(parent, tmp_path / "at1", 1)
+    assert metrics["step"].min() == 4 and metrics["epoch"].min() == 1
+    first = metrics[metrics["step"] == 4]
+    # At the spawn point every model is the parent's network: same logits, same accuracy.
+    assert first["test_acc"].nunique() == 1
+    parent_rows = pd.read_csv(parent / "metrics.csv").set_index(["model", "step"])
+    for step in (4, 8, 12):
+        ours = metrics[(metrics["model"] == "full") & (metrics["step"] == step)].iloc[0]
+        assert ours["test_acc"] == pytest.approx(parent_rows.loc[("full", step), "test_acc"])
+        assert ours["test_loss"] == pytest.approx(parent_rows.loc[("full", step), "test_loss"],
+                                                  rel=1e-5)
+    later = metrics[metrics["step"] == 12].set_index("model")
+    assert later.loc["spawn@1/order1", "order"] == 1 and later.loc["spawn@1/order2", "order"] == 2
+
+
+def test_replay_matches_the_checkpointed_network(parent, tiny_recipe):
+    """Spawning from an epoch without a checkpoint replays the parent from an earlier one."""
+    recipe = parent_recipe(parent)
+    ds = load_data(recipe)
+    spec = spec_of(ds)
+    saved, _, at = parent_network(recipe, parent, spec, 4)
+    assert at == 4
+    theta0, opt0, at0 = parent_network(recipe, parent, spec, 3)
+    assert at0 == 0  # no checkpoint before epoch 1: from the seed
+    replayed, _ = replay(recipe, spec, ds, theta0, opt0, 0, 4)
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(replayed)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def engine_and_state(recipe, specs, streams=(0,)):
+    ds = load_data(recipe)
+    spec = spec_of(ds)
+    engine = dataclasses.replace(build_engine(recipe, spec), specs=tuple(specs), streams=streams)
+    state = lockstep_state(engine, 0, *_theta_opt(engine, recipe, spec))
+    return ds, engine, state
+
+
+def _theta_opt(engine, recipe, spec):
+    from taylorcli.train import init_state
+
+    s = init_state(engine, recipe, spec)
+    return s["theta0"], s["opt"][engine.names[0]]
+
+
+def run_steps(recipe, engine, state, ds, steps):
+    from taylorcli.train import make_train_step
+
+    step_fn = jax.jit(make_train_step(engine, recipe.seed))
+    x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
+    for t in range(steps):
+        perms = epoch_permutations(engine, recipe.seed, t // engine.steps_per_epoch, len(y))
+        state, _ = step_fn(state, perms, x, y)
+    return jax.device_get(state)
+
+
+def test_children_with_identical_seeds_are_identical_and_others_differ(tiny_recipe):
+    recipe = tiny_recipe()
+    specs = [ModelSpec("full"), ModelSpec("child0", stream=1), ModelSpec("child1", stream=1),
+             ModelSpec("child2", stream=2)]
+    ds, engine, state = engine_and_state(recipe, specs, streams=(0, 7, 8))
+    out = run_steps(recipe, engine, state, ds, 6)
+    leaves = {n: jax.tree.leaves(out["params"][n]) for n in engine.names}
+    for a, b in zip(leaves["child0"], leaves["child1"]):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(leaves["child0"], leaves["child2"]))
+    assert any(not np.array_equal(a, b) for a, b in zip(leaves["child0"], leaves["full"]))
+
+
+def test_reexpanding_every_step_is_ordinary_training(tiny_recipe):
+    """K = 1: the order-k model re-expanded at its own parameters before every step is the network."""
+    recipe = tiny_recipe()
+    specs = [ModelSpec("full"), ModelSpec("r1", 1, reexpand=("every", 1)),
+             ModelSpec("r2", 2, reexpand=("every", 1)), ModelSpec("plain", 1)]
+    ds, engine, state = engine_and_state(recipe, specs)
+    out = run_steps(recipe, engine, state, ds, 6)
+    for name in ("r1", "r2"):
+        for a, b in zip(jax.tree.leaves(out["params"]["full"]), jax.tree.leaves(out["params"][name])):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+    # ... while the never re-expanded model has left the network's trajectory.
+    gap = max(float(np.max(np.abs(a - b))) for a, b in zip(
+        jax.tree.leaves(out["params"]["full"]), jax.tree.leaves(out["params"]["plain"])))
+    assert gap > 1e-4
+
+
+def test_reexpansion_schedules():
+    every = [s for s in range(20) if reexpands_at(("every", 3), jnp.asarray(s))]
+    doubling = [s for s in range(40) if reexpands_at(("doubling", 2), jnp.asarray(s))]
+    assert every == [3, 6, 9, 12, 15, 18]
+    assert doubling == [2, 6, 14, 30]  # intervals 2, 4, 8, 16
+
+
+def test_reexpanded_center_is_the_parameters_at_the_last_reexpansion(tiny_recipe):
+    recipe = tiny_recipe()
+    specs = [ModelSpec("full"), ModelSpec("r", 2, reexpand=("every", 4))]
+    ds, engine, state = engine_and_state(recipe, specs)
+    after4 = run_steps(recipe, engine, state, ds, 4)  # steps 0..3: no re-expansion yet
+    after5 = run_steps(recipe, engine, state, ds, 5)  # step 4 re-expands first, then updates
+    for c, t0 in zip(jax.tree.leaves(after4["centers"]["r"]), jax.tree.leaves(after4["theta0"])):
+        np.testing.assert_array_equal(c, t0)
+    for c, p in zip(jax.tree.leaves(after5["centers"]["r"]), jax.tree.leaves(after4["params"]["r"])):
+        np.testing.assert_allclose(c, p, rtol=1e-6, atol=1e-7)
+
+
+def test_error_barrier_closed_forms():
+    assert error_barrier([0.1, 0.1, 0.1]) == 0
+    assert error_barrier([0.1, 0.5, 0.3]) == pytest.approx(0.5 - 0.2)
+    assert error_barrier(np.linspace(0.2, 0.4, 11)) == pytest.approx(0, abs=1e-12)
+    # Below the line everywhere: no barrier (the maximum is at the ends, 0).
+    assert error_barrier([0.3, 0.1, 0.3]) == pytest.approx(0)
+
+
+def test_function_distance_of_independent_classifiers_is_about_one():
+    rng = np.random.default_rng(0)
+    n, c = 200_000, 10
+    labels = rng.integers(0, c, n)
+
+    def classifier(err):
+        wrong = rng.random(n) < err
+        pred = np.where(wrong, (labels + rng.integers(1, c, n)) % c, labels)
+        return np.eye(c)[pred]
+
+    a, b = classifier(0.3), classifier(0.2)
+    assert function_distance(a, b, labels, c) == pytest.approx(1.0, abs=0.02)
+    assert function_distance(a, a, labels, c) == 0
+
+
+def test_children_metrics_against_direct_computation(parent, tmp_path):
+    spawned(parent, tmp_path / "kids", 1, orders=(1,), children=2)
+    table = pd.read_csv(tmp_path / "kids" / "children.csv")
+    assert list(table["step"]) == [4, 8, 12]
+    start = table.iloc[0]  # both children are the parent at the spawn point
+    assert start["barrier"] == 0 and start["function_distance"] == 0
+    assert start["relu_distance"] == 0
+    # The last row's ReLU distance, recomputed here from the checkpointed children.
+    from taylorcli.checkpoints import Checkpoints
+    from taylorcli.train import init_state
+    from taylorcli.data import standardize
+
+    recipe = parent_recipe(tmp_path / "kids")
+    ds = load_data(recipe)
+    spec = spec_of(ds)
+    engine = build_engine(recipe, spec)
+    ckpts = Checkpoints(tmp_path / "kids" / "checkpoints", read_only=True)
+    state, _ = ckpts.restore(12, jax.eval_shape(lambda: init_state(engine, recipe, spec)))
+    ckpts.close()
+    model = build_model(recipe.model, spec.num_classes)
+    x = standardize(jnp.asarray(ds.test_x), mean=ds.mean, std=ds.std)
+    pa = [np.asarray(a) > 0 for a in preactivations(model, state["params"]["child0"], x)]
+    pb = [np.asarray(a) > 0 for a in preactivations(model, state["params"]["child1"], x)]
+    expected = sum((a != b).sum() for a, b in zip(pa, pb)) / sum(a.size for a in pa)
+    assert table.iloc[-1]["relu_distance"] == pytest.approx(expected, rel=1e-6)
+    logits = [model.apply({"params": state["params"][c]}, x) for c in ("child0", "child1")]
+    errs = [float(np.mean(np.argmax(l, -1) != ds.test_y)) for l in logits]
+    assert table.iloc[-1]["test_err_a"] == pytest.approx(errs[0])
+    assert table.iloc[-1]["test_err_b"] == pytest.approx(errs[1])
+    assert table.iloc[-1]["barrier"] >= 0
+
+
+def test_cli_spawn_sweep_writes_the_summary_and_resumes(parent, tmp_path):
+    runner = CliRunner()
+    args = ["spawn", str(parent), "--at", "0,1", "--order", "1", "--children", "2",
+            "--reexpand-every", "2,inf", "--out", str(tmp_path / "sweep")]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    summary = pd.read_csv(tmp_path / "sweep" / "spawn.csv")
+    assert set(summary["spawn_epoch"]) == {0, 1}
+    assert set(summary["model"]) == {"full", "order1", "order1/every2", "child0", "child1"}
+    final = pd.read_csv(tmp_path / "sweep" / "at1" / "metrics.csv")
+    final = final[final["step"] == 12].set_index("model")
+    row = summary[(summary["spawn_epoch"] == 1) & (summary["model"] == "order1")].iloc[0]
+    assert row["test_acc"] == final.loc["spawn@1/order1", "test_acc"]
+    parent_final = pd.read_csv(parent / "metrics.csv")
+    parent_final = parent_final[parent_final["step"] == 12].set_index("model")
+    assert row["parent_test_acc"] == parent_final.loc["order1", "test_acc"]
+    assert (tmp_path / "sweep" / "spawn.png").stat().st_size > 1000
+    assert "spawn epoch" in (tmp_path / "sweep" / "spawn.md").read_text()
+    before = (tmp_path / "sweep" / "at1" / "metrics.csv").read_bytes()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "steps 12..12" in again.output
+    assert (tmp_path / "sweep" / "at1" / "metrics.csv").read_bytes() == before
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--at", "x"], "--at x"),
+    (["--at", "99"], "--at 99"),
+    (["--at", "1", "--order", "0"], "--order 0"),
+    (["--at", "1", "--set", "model.width=8"], "model.width"),
+    (["--at", "1", "--set", "seed=3"], "seed"),
+    (["--at", "1", "--reexpand-every", "every"], "--reexpand-every"),
+])
+def test_cli_spawn_bad_input_is_one_line_and_exit_2(parent, tmp_path, extra, needle):
+    result = CliRunner().invoke(app, ["spawn", str(parent), *extra, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_spawn_from_a_folder_that_is_no_run(tmp_path):
+    result = CliRunner().invoke(app, ["spawn", str(tmp_path), "--at", "0"])
+    assert result.exit_code == 2 and "not a run directory" in result.output
