@@ -86,6 +86,10 @@ class EvalConfig:
     steps: tuple[int, ...] = _spec((), ">= 1", seq="increasing")  # extra early evaluations, in optimizer steps
     batch_size: int = _spec(1000, ">= 1")
     save_logits: bool = True
+    kernel_n: int = _spec(0, ">= 0")  # empirical NTK of every model on this many training examples; 0: off
+    kernel_outputs: str = _spec("trace", ("trace", "full"))  # sum over logits (n x n), or n·C x n·C
+    kernel_block: int = _spec(16, ">= 1")  # examples per Jacobian block: memory ~ block·C·params floats
+    closed_form: bool = False  # Lee et al.: compare every model with the linearized MSE closed form
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,16 @@ def recipe_from_dict(raw: dict, source: str = "<recipe>", overrides: Sequence[st
     if any(e > recipe.train.epochs for e in recipe.checkpoint.keep_epochs):
         raise RecipeError(f"{where('checkpoint.keep_epochs', 'train.epochs')}: key checkpoint.keep_epochs: expected "
                           f"epochs <= train.epochs ({recipe.train.epochs}), got {list(recipe.checkpoint.keep_epochs)}")
+    if recipe.eval.closed_form:
+        needs = {"train.loss": (recipe.train.loss, "mse"), "optim.momentum": (recipe.optim.momentum, 0),
+                 "optim.weight_decay": (recipe.optim.weight_decay, 0),
+                 "optim.grad_clip": (recipe.optim.grad_clip, None), "data.pad": (recipe.data.pad, 0),
+                 "data.flip": (recipe.data.flip, False)}
+        for key, (value, wanted) in needs.items():
+            if value != wanted or type(value) is not type(wanted) and isinstance(wanted, bool):
+                text = yaml.safe_dump(wanted).splitlines()[0]  # null, false, 0, mse: as in YAML
+                raise RecipeError(f"{where(key, 'eval.closed_form')}: key {key}: eval.closed_form (gradient "
+                                  f"flow on MSE, in closed form) needs {key}: {text}, got {value!r}")
     sp = recipe.spawn
     if sp.child_seeds and len(sp.child_seeds) != sp.children:
         raise RecipeError(f"{where('spawn.child_seeds', 'spawn.children')}: key spawn.child_seeds: expected "

@@ -136,6 +136,7 @@ class RunDir:
             for f in logits.glob("*.npz"):
                 f.unlink()
         shutil.rmtree(self.checkpoints_path, ignore_errors=True)
+        shutil.rmtree(self.path / "kernels", ignore_errors=True)
 
     def write_recipe(self, text: str) -> None:
         """The fully resolved recipe, as run."""

@@ -170,7 +170,7 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
         state = replicate(state, mesh)
         train_x, train_y = replicate((jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)), mesh)
         evaluator = Evaluator(engine, ds, recipe.eval.batch_size, state)
-        analyses = [a for a in extra_analyses(recipe, spec, evaluator) if a]
+        analyses = [a for a in extra_analyses(recipe, ds, evaluator, run, points) if a]
         progress.start(total, spe, engine.names, first_step=start)
         t0 = time.monotonic()
         perm, last = None, {}
@@ -231,11 +231,17 @@ def initial_state(engine, recipe: Recipe, spec, ds) -> dict:
     return spawned_state(engine, recipe, spec, ds)
 
 
-def extra_analyses(recipe: Recipe, spec, evaluator) -> list:
+def extra_analyses(recipe: Recipe, ds, evaluator, run: RunDir, points: list[int]) -> list:
     """Analyses beyond metrics.csv that a recipe asks for, each writing its own table."""
     from .children import ChildrenMetrics
+    from .kernel_dynamics import KernelDynamics
+    from .lee import ClosedFormComparison
 
-    return [ChildrenMetrics(recipe, spec, evaluator)]
+    engine = evaluator.engine
+    schedule = make_schedule(recipe.optim, engine.steps_per_epoch)
+    return [ChildrenMetrics(recipe, spec_of(ds), evaluator),
+            KernelDynamics(recipe, ds, engine, run.path),
+            ClosedFormComparison(recipe, ds, engine, evaluator, points, schedule)]
 
 
 def check_same_recipe(run: RunDir, recipe: Recipe) -> None:
