@@ -102,6 +102,7 @@ class Recipe:
     """A complete, validated training recipe."""
     name: str = "recipe"
     seed: int = _spec(0, ">= 0")
+    models: tuple[str, ...] | None = _spec(None, None, seq="distinct")  # subset of full, order1..K; null: all
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     taylor: TaylorConfig = field(default_factory=TaylorConfig)
@@ -281,11 +282,25 @@ def recipe_from_dict(raw: dict, source: str = "<recipe>", overrides: Sequence[st
     if any(e > recipe.train.epochs for e in recipe.checkpoint.keep_epochs):
         raise RecipeError(f"{where('checkpoint.keep_epochs', 'train.epochs')}: key checkpoint.keep_epochs: expected "
                           f"epochs <= train.epochs ({recipe.train.epochs}), got {list(recipe.checkpoint.keep_epochs)}")
+    if recipe.models is not None:
+        _check_models(recipe, where("models", "taylor.orders", "eval.save_logits"))
     depth = recipe.model.depth
     if recipe.model.arch == "wrn" and (depth < 10 or (depth - 4) % 6):
         raise RecipeError(f"{where('model.depth', 'model.arch')}: key model.depth: expected 6n+4 with n >= 1 "
                           f"(10, 16, 22, ...) for arch wrn, got {depth}")
     return recipe
+
+
+def _check_models(recipe: Recipe, where: str) -> None:
+    """A `models` subset names models the recipe trains, and keeps what merging its runs needs."""
+    allowed = ["full"] + [f"order{k}" for k in recipe.taylor.orders]
+    if not recipe.models or any(m not in allowed for m in recipe.models):
+        raise RecipeError(f"{where}: key models: expected a non-empty list of distinct names from "
+                          f"{', '.join(allowed)} (full and taylor.orders), or null for all, got "
+                          f"{list(recipe.models)}")
+    if not recipe.eval.save_logits:
+        raise RecipeError(f"{where}: key eval.save_logits: expected true with models (report and "
+                          f"compare merge subset runs from their saved logits), got false")
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:

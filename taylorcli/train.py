@@ -94,7 +94,9 @@ def build_engine(recipe, spec) -> Engine:
     steps_per_epoch = spec.train_size // recipe.train.batch_size
     return Engine(
         apply=apply_fn(build_model(recipe.model, spec.num_classes)),
-        names=tuple(model_names(recipe.taylor.orders)),
+        # `models` trains a subset, with the seeds and data order of the whole recipe.
+        names=tuple(n for n in model_names(recipe.taylor.orders)
+                    if recipe.models is None or n in recipe.models),
         optimizer=make_optimizer(recipe.optim, steps_per_epoch),
         loss=make_loss(recipe.train.loss, spec.num_classes),
         batch_size=recipe.train.batch_size,

@@ -24,6 +24,7 @@ from . import data as data_lib
 from .checkpoints import Checkpoints
 from .devices import batch_sharding, data_mesh, replicate
 from .evaluate import Evaluator
+from .merge import save_params
 from .recipe import Recipe, RecipeError, dump_recipe, load_recipe, recipe_to_dict
 from .runs import RunDir, RunDirError, RunLock
 from .train import FULL, build_engine, epoch_permutation, init_state, make_schedule, \
@@ -180,8 +181,9 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
                 run.write_layers(layers)
                 if recipe.eval.save_logits:
                     run.write_logits(step, logits)
+                save_params(run, recipe, step, state)  # only runs of a `models` subset
                 progress.evaluation(step, epoch, rows)
-                if rows[0]["diverged"]:
+                if any(r["diverged"] for r in rows if r["model"] == FULL):
                     raise FullDiverged(f"the full network diverged by step {step} (epoch "
                                        f"{epoch:g}): its loss or parameters are not finite; "
                                        f"see {run.metrics_path}")
