@@ -64,6 +64,7 @@ class TrainConfig:
     epochs: int = _spec(10, ">= 1")
     batch_size: int = _spec(128, ">= 1")
     loss: str = _spec("cross_entropy", ("cross_entropy", "mse"))
+    split_models: bool = False  # each model (group) on its own local device, not replicated on all
 
 
 @dataclass(frozen=True)

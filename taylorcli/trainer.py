@@ -139,7 +139,7 @@ def train(recipe: Recipe, out: str, progress, resume: bool = True,
 
 def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list) -> TrainResult:
     spec = spec_of(ds)
-    mesh = data_mesh()
+    mesh = None if recipe.train.split_models else data_mesh()
     engine = dataclasses.replace(build_engine(recipe, spec), batch_sharding=batch_sharding(mesh))
     spe = engine.steps_per_epoch
     total = recipe.train.epochs * spe
@@ -164,6 +164,10 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
         state = replicate(state, mesh)
         train_x, train_y = replicate((jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)), mesh)
         evaluator = Evaluator(engine, ds, recipe.eval.batch_size, state)
+        if recipe.train.split_models:
+            from .split import split_models
+
+            step_fn, state, evaluator = split_models(engine, recipe.seed, state, evaluator)
         progress.start(total, spe, engine.names, first_step=start)
         t0 = time.monotonic()
         perm, last = None, {}
