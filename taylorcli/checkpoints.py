@@ -6,7 +6,10 @@ from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec
 from orbax.checkpoint import checkpoint_managers as policies
+
+from .devices import data_mesh
 
 
 class CheckpointError(Exception):
@@ -22,7 +25,11 @@ class Checkpoints:
             [policies.LatestN(keep), policies.CustomSteps(list(keep_steps))])
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=True),
+            # Every process calls save and restore (they are collective); process 0 writes the
+            # metadata and creates and deletes the step folders.
+            options=ocp.CheckpointManagerOptions(
+                preservation_policy=policy, create=True,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0)),
         )
 
     def latest_step(self) -> int | None:
@@ -40,7 +47,11 @@ class Checkpoints:
 
     def restore(self, step: int, like) -> tuple[dict, dict]:
         """The state and metadata saved at `step`, shaped like the pytree `like`."""
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like)
+        # With several processes the arrays come back as global arrays, replicated on the mesh.
+        sharding = (NamedSharding(data_mesh(), PartitionSpec()) if jax.process_count() > 1
+                    else None)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                               sharding=sharding), like)
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))

@@ -21,12 +21,13 @@ import jax
 import jax.numpy as jnp
 
 from . import data as data_lib
+from . import distributed
 from .checkpoints import Checkpoints
 from .devices import batch_sharding, data_mesh, replicate
 from .evaluate import Evaluator
 from .merge import save_params
 from .recipe import Recipe, RecipeError, dump_recipe, load_recipe, recipe_to_dict
-from .runs import RunDir, RunDirError, RunLock
+from .runs import RunDir, RunDirError
 from .train import FULL, build_engine, epoch_permutation, init_state, make_schedule, \
     make_train_step, zero_stats
 
@@ -123,12 +124,12 @@ def train(recipe: Recipe, out: str, progress, resume: bool = True,
     An existing run directory is continued from its newest complete checkpoint; with
     `resume=False` it is started over.
     """
-    run = RunDir(out)
+    run = distributed.run_dir(out)  # written by process 0 only
     if run.has_run() and resume:
         check_same_recipe(run, recipe)
     ds = load_data(recipe, source)
     run.prepare()
-    lock = RunLock(run.path)
+    lock = distributed.run_lock(run.path)
     lock.acquire()
     try:
         with stop_signals() as asked:
@@ -151,6 +152,7 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
     start, metrics, layers = 0, [], []
     if not (run.has_run() and resume):
         run.clear_results()
+    distributed.barrier("cleared")  # no process reads checkpoints process 0 is deleting
     ckpts = Checkpoints(run.checkpoints_path, recipe.checkpoint.keep,
                         [e * spe for e in recipe.checkpoint.keep_epochs])
     try:
@@ -178,7 +180,7 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
                 epoch = step / spe
                 rows, layer_rows, logits = evaluator(state, step, epoch, float(schedule(step)))
                 flags = {r["model"]: jnp.asarray(r["diverged"]) for r in rows}
-                state = {**state, "stats": zero_stats(engine), "diverged": flags}
+                state = replicate({**state, "stats": zero_stats(engine), "diverged": flags}, mesh)
                 metrics += rows
                 layers += layer_rows
                 run.write_metrics(metrics)
@@ -191,7 +193,8 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
                     raise FullDiverged(f"the full network diverged by step {step} (epoch "
                                        f"{epoch:g}): its loss or parameters are not finite; "
                                        f"see {run.metrics_path}")
-            stopping = bool(asked) and step < total  # a finished run has nothing to requeue
+            # A finished run has nothing to requeue; several processes stop at the same step.
+            stopping = step < total and distributed.agree_to_stop(bool(asked), step)
             if not resumed_here and (step in saves or stopping):
                 ckpts.save(step, state, {"metrics": _rows_out(metrics),
                                          "layers": _rows_out(layers)})
