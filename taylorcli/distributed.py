@@ -6,6 +6,8 @@ every process's devices, the data mesh spans them all, and every jitted step is 
 program over the whole job. Every process loads the same data and derives the same batches
 from the seed; only process 0 writes the run directory and holds its lock, while checkpoint
 saves are collective (orbax writes each array once, the primary host writes the metadata).
+Everything read back to the host for metrics (logits, cosines, running statistics) is an
+output replicated over the mesh, so each process reads its own local copy: no gathering.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ def load_data(recipe: Recipe, source: str = "recipe") -> data_lib.Dataset:
         d.dataset, data_dir=d.data_dir, archive=d.archive, train_limit=d.train_limit,
         test_limit=d.test_limit, synthetic_train=d.synthetic_train,
         synthetic_test=d.synthetic_test, seed=recipe.seed)
-    devices = jax.device_count()
+    devices = 1 if recipe.train.split_models else jax.device_count()  # split: whole batches
     if recipe.train.batch_size % devices:
         raise RecipeError(f"{source}: key train.batch_size: expected a multiple of the {devices} "
                           f"devices the batch is split across, got {recipe.train.batch_size}")
