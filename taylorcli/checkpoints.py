@@ -7,7 +7,10 @@ from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec
 from orbax.checkpoint import checkpoint_managers as policies
+
+from .devices import data_mesh
 
 
 class CheckpointError(Exception):
@@ -27,8 +30,11 @@ class Checkpoints:
         if read_only:  # orbax warns that a read-only manager will not save, which is the point
             absl.setLevel(logging.ERROR)
         try:
-            options = ocp.CheckpointManagerOptions(preservation_policy=policy,
-                                                   create=not read_only, read_only=read_only)
+            options = ocp.CheckpointManagerOptions(
+                preservation_policy=policy, create=not read_only, read_only=read_only,
+                # Every process calls save and restore (they are collective); process 0 writes
+                # the metadata and creates and deletes the step folders.
+                multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0))
             self.manager = ocp.CheckpointManager(self.directory, options=options)
         finally:
             absl.setLevel(level)
@@ -52,7 +58,11 @@ class Checkpoints:
 
     def restore(self, step: int, like) -> tuple[dict, dict]:
         """The state and metadata saved at `step`, shaped like the pytree `like`."""
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like)
+        # With several processes the arrays come back as global arrays, replicated on the mesh.
+        sharding = (NamedSharding(data_mesh(), PartitionSpec()) if jax.process_count() > 1
+                    else None)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                               sharding=sharding), like)
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))

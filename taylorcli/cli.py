@@ -13,6 +13,7 @@ from rich.table import Table
 
 from .checkpoints import CheckpointError
 from .data import DataError
+from .distributed import DistributedError
 from .recipe import RecipeError, dump_recipe, load_recipe
 from .runs import RunDirError
 
@@ -30,7 +31,7 @@ BAD_INPUT = 2
 FULL_DIVERGED = 3
 STOPPED = 75  # EX_TEMPFAIL: checkpointed on SIGTERM/SIGUSR1; run the same command again
 INTERRUPTED = 130
-INPUT_ERRORS = (RecipeError, DataError, RunDirError, CheckpointError)
+INPUT_ERRORS = (RecipeError, DataError, RunDirError, CheckpointError, DistributedError)
 
 
 def _fail(message: str, code: int, kind: str = "error") -> typer.Exit:
@@ -73,10 +74,13 @@ def train(
         if dry_run:
             _dry_run(r)
             return
+        from .distributed import initialize, is_primary, progress_for
         from .progress import make_progress
         from .trainer import train as run_training
 
-        result = run_training(r, str(out or Path("runs") / r.name), make_progress(console),
+        initialize()  # under srun or JAX_COORDINATOR_ADDRESS; before any other JAX use
+        result = run_training(r, str(out or Path("runs") / r.name),
+                              progress_for(lambda: make_progress(console)),
                               resume=resume, source=str(recipe))
     except INPUT_ERRORS as e:
         raise _fail(str(e), BAD_INPUT) from None
@@ -87,6 +91,8 @@ def train(
     except KeyboardInterrupt:
         raise _fail("interrupted; rerun the same command to continue from the newest "
                     "checkpoint", INTERRUPTED, kind="stopped") from None
+    if not is_primary():
+        return  # one voice per job: process 0 reports
     _print_final(result.final)
     for name, epoch in result.diverged.items():
         print(f"taylorcli: warning: {name} diverged (loss or parameters not finite) by epoch "

@@ -41,11 +41,18 @@ class Run:
     recipe: Recipe
     metrics: pd.DataFrame
     layers: pd.DataFrame | None
+    parts: tuple[Path, ...] = ()  # the subset runs merged into this one (merge.py), if any
+
+    @property
+    def _anchor(self) -> pd.Series:
+        # The full network's rows; a subset run without it goes by whatever it trained.
+        is_full = self.metrics["model"] == FULL
+        return is_full if is_full.any() else self.metrics["model"].notna()
 
     @property
     def last_epoch(self) -> float:
-        """The latest epoch the full network was evaluated at."""
-        return float(self.metrics.loc[self.metrics["model"] == FULL, "epoch"].max())
+        """The latest epoch the full network (or, without it, any model) was evaluated at."""
+        return float(self.metrics.loc[self._anchor, "epoch"].max())
 
     @property
     def complete(self) -> bool:
@@ -70,8 +77,8 @@ class Run:
         return int(self.metrics.loc[self.metrics["model"] == model, "order"].iloc[0])
 
     def epochs(self) -> np.ndarray:
-        """Evaluated epochs of the full network, ascending."""
-        return np.sort(self.metrics.loc[self.metrics["model"] == FULL, "epoch"].unique())
+        """Evaluated epochs of the full network (or, without it, any model), ascending."""
+        return np.sort(self.metrics.loc[self._anchor, "epoch"].unique())
 
     def nearest_epoch(self, wanted: float) -> float:
         """The evaluated epoch equal to `wanted`, else the nearest one before it."""
@@ -108,7 +115,7 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
     except RecipeError as e:
         raise ReportError(f"{path}: unreadable recipe.yaml ({e})") from None
     metrics = _read_table(path / "metrics.csv", METRICS_COLUMNS)
-    if not (metrics["model"] == FULL).any():
+    if metrics.empty:
         raise ReportError(f"{path / 'metrics.csv'}: no rows yet; the run has not reached its "
                           f"first evaluation")
     layers = None
@@ -250,12 +257,14 @@ def compare(paths: Sequence[str | Path], epochs: str = "10,80") -> SideBySide:
     wanted = parse_epochs(epochs)
     if not paths:
         raise ReportError("RUN_DIR: expected at least one run directory")
-    runs = [load_run(p) for p in paths]
+    from .merge import merge_runs
+
+    runs, merged = merge_runs([load_run(p) for p in paths])
     names = [r.name for r in runs]
     if len(set(names)) < len(names):  # same folder name under different parents
-        runs = [Run(r.path, str(r.path), r.recipe, r.metrics, r.layers) for r in runs]
+        runs = [Run(r.path, str(r.path), r.recipe, r.metrics, r.layers, r.parts) for r in runs]
     result = side_by_side(runs, wanted)
-    result.notes = [f"{r.name}: {r.status}" for r in runs if not r.complete] + result.notes
+    result.notes = merged + [f"{r.name}: {r.status}" for r in runs if not r.complete] + result.notes
     return result
 
 

@@ -1,19 +1,21 @@
-"""Several devices on one host: each batch is split across them, parameters are replicated.
+"""Several devices: each batch is split across them, parameters are replicated.
 
 jit's SPMD partitioner does the rest: the augmentation and every model's forward and backward
-pass run on each device's slice of the batch, and gradients are summed across devices.
+pass run on each device's slice of the batch, and gradients are summed across devices. With
+several processes (distributed.py) the mesh spans every process's devices.
 """
 
 from __future__ import annotations
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
 
 
 def data_mesh() -> Mesh | None:
-    """A one-axis mesh over every local device, or None on a single device."""
+    """A one-axis mesh over every device of the job (all processes), or None on a single device."""
     devices = jax.devices()
     return Mesh(devices, (DATA_AXIS,)) if len(devices) > 1 else None
 
@@ -27,4 +29,12 @@ def replicate(tree, mesh: Mesh | None):
     """The same arrays, a full copy on every device of the mesh."""
     if mesh is None:
         return tree
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    # device_put would first check that every process passes equal values (an all-gather of
+    # the whole training set); every process computes them from the same seed anyway.
+    return jax.tree.map(lambda x: x if getattr(x, "sharding", None) == sharding else
+                        jax.make_array_from_callback(np.shape(x), sharding,
+                                                     lambda idx, x=x: np.asarray(x)[idx]),
+                        tree)

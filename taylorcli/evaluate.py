@@ -40,11 +40,13 @@ class Evaluator:
         self.geometry = jax.jit(self._geometry)
 
     def _geometry(self, state):
-        full = state["params"][FULL]
+        # A subset run without the full network leaves the cosines to `report` (merge.py).
+        full = state["params"].get(FULL)
         out = {}
         for name, params in state["params"].items():
             dist, rel = layer_movement(params, state["theta0"])
-            out[name] = (cos_param(full, params, state["theta0"]), dist, rel)
+            cp = jnp.nan if full is None else cos_param(full, params, state["theta0"])
+            out[name] = (cp, dist, rel)
         return out
 
     def logits(self, state) -> dict[str, np.ndarray]:
@@ -70,7 +72,7 @@ class Evaluator:
                 "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                 "test_loss": test_loss, "test_acc": test_acc,
                 "cos_param": float(cp) if name != FULL or step == self.engine.start_step else 1.0,
-                "cos_func": cos_func(logits[FULL], logits[name]),
+                "cos_func": cos_func(logits[FULL], logits[name]) if FULL in logits else math.nan,
                 # Finite parameters can still give non-finite logits: that is divergence too.
                 "diverged": bool(diverged[name]) or not math.isfinite(test_loss),
             })

@@ -64,6 +64,7 @@ class TrainConfig:
     epochs: int = _spec(10, ">= 1")
     batch_size: int = _spec(128, ">= 1")
     loss: str = _spec("cross_entropy", ("cross_entropy", "mse"))
+    split_models: bool = False  # each model (group) on its own local device, not replicated on all
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class Recipe:
     """A complete, validated training recipe."""
     name: str = "recipe"
     seed: int = _spec(0, ">= 0")
+    models: tuple[str, ...] | None = _spec(None, None, seq="distinct")  # subset of full, order1..K; null: all
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     taylor: TaylorConfig = field(default_factory=TaylorConfig)
@@ -297,6 +299,8 @@ def recipe_from_dict(raw: dict, source: str = "<recipe>", overrides: Sequence[st
     if any(e > recipe.train.epochs for e in recipe.checkpoint.keep_epochs):
         raise RecipeError(f"{where('checkpoint.keep_epochs', 'train.epochs')}: key checkpoint.keep_epochs: expected "
                           f"epochs <= train.epochs ({recipe.train.epochs}), got {list(recipe.checkpoint.keep_epochs)}")
+    if recipe.models is not None:
+        _check_models(recipe, where("models", "taylor.orders", "eval.save_logits"))
     if recipe.eval.closed_form:
         needs = {"train.loss": (recipe.train.loss, "mse"), "optim.momentum": (recipe.optim.momentum, 0),
                  "optim.weight_decay": (recipe.optim.weight_decay, 0),
@@ -308,6 +312,9 @@ def recipe_from_dict(raw: dict, source: str = "<recipe>", overrides: Sequence[st
                 raise RecipeError(f"{where(key, 'eval.closed_form')}: key {key}: eval.closed_form (gradient "
                                   f"flow on MSE, in closed form) needs {key}: {text}, got {value!r}")
     sp = recipe.spawn
+    if recipe.train.split_models and (sp.children or sp.reexpand_every or sp.reexpand_doubling):
+        raise RecipeError(f"{where('train.split_models')}: key train.split_models: spawned children "
+                          f"and re-expanding models train in lockstep only; expected false, got true")
     if sp.child_seeds and len(sp.child_seeds) != sp.children:
         raise RecipeError(f"{where('spawn.child_seeds', 'spawn.children')}: key spawn.child_seeds: expected "
                           f"{sp.children} seeds (one per child) or [], got {list(sp.child_seeds)}")
@@ -319,6 +326,18 @@ def recipe_from_dict(raw: dict, source: str = "<recipe>", overrides: Sequence[st
         raise RecipeError(f"{where('model.depth', 'model.arch')}: key model.depth: expected 6n+4 with n >= 1 "
                           f"(10, 16, 22, ...) for arch wrn, got {depth}")
     return recipe
+
+
+def _check_models(recipe: Recipe, where: str) -> None:
+    """A `models` subset names models the recipe trains, and keeps what merging its runs needs."""
+    allowed = ["full"] + [f"order{k}" for k in recipe.taylor.orders]
+    if not recipe.models or any(m not in allowed for m in recipe.models):
+        raise RecipeError(f"{where}: key models: expected a non-empty list of distinct names from "
+                          f"{', '.join(allowed)} (full and taylor.orders), or null for all, got "
+                          f"{list(recipe.models)}")
+    if not recipe.eval.save_logits:
+        raise RecipeError(f"{where}: key eval.save_logits: expected true with models (report and "
+                          f"compare merge subset runs from their saved logits), got false")
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:

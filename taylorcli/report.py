@@ -18,6 +18,8 @@ import pandas as pd
 from .compare import (FULL, ReportError, Run, check_format, epoch_tag, load_run, side_by_side,
                       to_csv, to_markdown, value_columns, write_text)
 from .figures import early_epoch, figure2, figure3
+from .merge import merge_runs
+from .recipe import dump_recipe
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
 PAPER_FILES = {"table1": "table1_recipes.csv", "table2": "table2_final_test_accuracy.csv",
@@ -222,7 +224,7 @@ def table1(runs: list[Run], settings: dict[str, str], paper: Paper) -> pd.DataFr
             "epochs": r.recipe.train.epochs, "batch": r.recipe.train.batch_size,
             "optimizer": optimizer(r.recipe), "lr": r.recipe.optim.lr,
             "grad_clip": r.recipe.optim.grad_clip, "schedule": schedule(r.recipe),
-            "epoch": r.last_epoch, "test_acc": float(r.final().loc[FULL, "test_acc"]),
+            "epoch": r.last_epoch, "test_acc": float(r.final()["test_acc"].get(FULL, math.nan)),
             "test_acc_paper": float(ref["full_test_accuracy"].iloc[0])
             if ref is not None and len(ref) else math.nan,
         })
@@ -338,6 +340,7 @@ def build_report(results_dir: str | Path = "runs", out: str | Path | None = None
             runs.append(load_run(p, _run_name(root, p)))
         except ReportError as e:
             broken[_run_name(root, p)] = str(e).removeprefix(f"{p}: ")
+    runs, merge_notes = merge_runs(runs)  # subset runs of one recipe, as if in lockstep
     paper = load_paper(paper_dir)
     t1_settings = {r.name: s for r in runs if (s := table1_setting(r, paper))}
     rank = {s: i for i, s in enumerate(paper.settings("table1").values())}
@@ -350,7 +353,7 @@ def build_report(results_dir: str | Path = "runs", out: str | Path | None = None
             notes.append(f"paper table {paper.folder / name} not found: its columns are empty")
 
     mapped, missing = paper_mapping(runs, t1_settings, paper)
-    notes += run_notes(runs, t1_settings, paper, broken, missing)
+    notes += run_notes(runs, t1_settings, paper, broken, missing) + merge_notes
 
     report.tables["runs"] = (TITLES["runs"], runs_table(runs, broken, mapped, missing))
     report.tables["table1"] = (TITLES["table1"], table1(runs, t1_settings, paper))
@@ -380,8 +383,9 @@ def write_report(report: Report, fmt: str = "md", results_dir: str | Path = "run
             figs.append(figure3(r, out / "figures" / f"figure3_{_slug(r.name)}.png"))
         report.figures[r.name] = figs
         report.files += figs
-        report.files.append(write_text(out / "recipes" / f"{_slug(r.name)}.yaml",
-                                       (r.path / "recipe.yaml").read_text()))
+        # A merged run's recipe is its parts' recipe with their models together.
+        text = dump_recipe(r.recipe) if r.parts else (r.path / "recipe.yaml").read_text()
+        report.files.append(write_text(out / "recipes" / f"{_slug(r.name)}.yaml", text))
     if fmt == "csv":
         for key, (_, table) in report.tables.items():
             report.files.append(write_text(out / f"{key}.csv", to_csv(table)))

@@ -92,7 +92,7 @@ class RunLock:
 
 
 class RunDir:
-    """One run's directory: recipe.yaml, metrics.csv, layers.csv, logits/, checkpoints/."""
+    """One run's directory: recipe.yaml, metrics.csv, layers.csv, logits/, params/, checkpoints/."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -131,10 +131,10 @@ class RunDir:
         for table in self.path.glob("*.csv"):  # metrics, layers and the extra analyses' tables
             table.unlink()
         (self.path / "recipe.yaml").unlink(missing_ok=True)
-        logits = self.path / "logits"
-        if logits.is_dir():
-            for f in logits.glob("*.npz"):
-                f.unlink()
+        for folder in ("logits", "params"):
+            if (self.path / folder).is_dir():
+                for f in (self.path / folder).glob("*.npz"):
+                    f.unlink()
         shutil.rmtree(self.checkpoints_path, ignore_errors=True)
         shutil.rmtree(self.path / "kernels", ignore_errors=True)
 
@@ -161,6 +161,12 @@ class RunDir:
         buf = io.BytesIO()
         np.savez(buf, **{k.replace("/", "__"): np.asarray(v) for k, v in logits.items()})
         write_atomic(self.path / "logits" / f"step{step:08d}.npz", buf.getvalue())
+
+    def write_params(self, step: int, params: dict[str, np.ndarray]) -> None:
+        """Flat parameter displacements θ − θ0 of each model at one evaluation point (subset runs)."""
+        buf = io.BytesIO()
+        np.savez(buf, **{k.replace("/", "__"): np.asarray(v) for k, v in params.items()})
+        write_atomic(self.path / "params" / f"step{step:08d}.npz", buf.getvalue())
 
     def read_metrics(self) -> pd.DataFrame:
         """metrics.csv as a DataFrame."""

@@ -47,8 +47,12 @@ def spawn_recipe(parent: Recipe, parent_dir: str | Path, epoch: float, orders, *
     if epoch > parent.train.epochs:
         raise RecipeError(f"--at {epoch:g}: expected epochs from 0 to the parent's "
                           f"train.epochs ({parent.train.epochs})")
+    if parent.models is not None and FULL not in parent.models:
+        raise RecipeError(f"{parent_dir}: trained only {', '.join(parent.models)}; spawning needs "
+                          f"a run of the full network")
     raw = recipe_to_dict(parent)
     raw["name"] = f"{parent.name}_spawn{epoch:g}"
+    raw["models"] = None
     raw["taylor"]["orders"] = list(orders)
     raw["spawn"] = {"parent": str(Path(parent_dir).absolute()), "epoch": float(epoch),
                     "children": children, "child_seeds": [],

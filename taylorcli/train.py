@@ -50,7 +50,9 @@ def model_specs(recipe) -> tuple[ModelSpec, ...]:
     sp = recipe.spawn
     orders = recipe.taylor.orders
     if sp.parent is None:
-        return (ModelSpec(FULL),) + tuple(ModelSpec(f"order{k}", k) for k in orders)
+        specs = (ModelSpec(FULL),) + tuple(ModelSpec(f"order{k}", k) for k in orders)
+        # `models` trains a subset, with the seeds and data order of the whole recipe.
+        return tuple(s for s in specs if recipe.models is None or s.name in recipe.models)
     at = f"spawn@{sp.epoch:g}/"
     specs = [ModelSpec(FULL)]
     for k in orders:

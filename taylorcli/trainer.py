@@ -21,11 +21,13 @@ import jax
 import jax.numpy as jnp
 
 from . import data as data_lib
+from . import distributed
 from .checkpoints import Checkpoints
 from .devices import batch_sharding, data_mesh, replicate
 from .evaluate import Evaluator
+from .merge import save_params
 from .recipe import Recipe, RecipeError, dump_recipe, load_recipe, recipe_to_dict
-from .runs import RunDir, RunDirError, RunLock
+from .runs import RunDir, RunDirError
 from .train import FULL, build_engine, epoch_permutations, init_state, make_schedule, \
     make_train_step, spawn_step, zero_stats
 
@@ -87,7 +89,7 @@ def load_data(recipe: Recipe, source: str = "recipe") -> data_lib.Dataset:
         d.dataset, data_dir=d.data_dir, archive=d.archive, train_limit=d.train_limit,
         test_limit=d.test_limit, synthetic_train=d.synthetic_train,
         synthetic_test=d.synthetic_test, seed=recipe.seed)
-    devices = jax.device_count()
+    devices = 1 if recipe.train.split_models else jax.device_count()  # split: whole batches
     if recipe.train.batch_size % devices:
         raise RecipeError(f"{source}: key train.batch_size: expected a multiple of the {devices} "
                           f"devices the batch is split across, got {recipe.train.batch_size}")
@@ -127,12 +129,12 @@ def train(recipe: Recipe, out: str, progress, resume: bool = True,
     An existing run directory is continued from its newest complete checkpoint; with
     `resume=False` it is started over.
     """
-    run = RunDir(out)
+    run = distributed.run_dir(out)  # written by process 0 only
     if run.has_run() and resume:
         check_same_recipe(run, recipe)
     ds = load_data(recipe, source)
     run.prepare()
-    lock = RunLock(run.path)
+    lock = distributed.run_lock(run.path)
     lock.acquire()
     try:
         with stop_signals() as asked:
@@ -143,7 +145,7 @@ def train(recipe: Recipe, out: str, progress, resume: bool = True,
 
 def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list) -> TrainResult:
     spec = spec_of(ds)
-    mesh = data_mesh()
+    mesh = None if recipe.train.split_models else data_mesh()
     engine = dataclasses.replace(build_engine(recipe, spec), batch_sharding=batch_sharding(mesh))
     spe = engine.steps_per_epoch
     total = recipe.train.epochs * spe
@@ -154,6 +156,7 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
     start, metrics, layers, tables = spawn_step(recipe, spe), [], [], {}
     if not (run.has_run() and resume):
         run.clear_results()
+    distributed.barrier("cleared")  # no process reads checkpoints process 0 is deleting
     ckpts = Checkpoints(run.checkpoints_path, recipe.checkpoint.keep,
                         [e * spe for e in recipe.checkpoint.keep_epochs])
     try:
@@ -170,6 +173,10 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
         state = replicate(state, mesh)
         train_x, train_y = replicate((jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)), mesh)
         evaluator = Evaluator(engine, ds, recipe.eval.batch_size, state)
+        if recipe.train.split_models:
+            from .split import split_models
+
+            step_fn, state, evaluator = split_models(engine, recipe.seed, state, evaluator)
         analyses = [a for a in extra_analyses(recipe, ds, evaluator, run, points) if a]
         progress.start(total, spe, engine.names, first_step=start)
         t0 = time.monotonic()
@@ -181,7 +188,7 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
                 epoch = step / spe
                 rows, layer_rows, logits = evaluator(state, step, epoch, float(schedule(step)))
                 flags = {r["model"]: jnp.asarray(r["diverged"]) for r in rows}
-                state = {**state, "stats": zero_stats(engine), "diverged": flags}
+                state = replicate({**state, "stats": zero_stats(engine), "diverged": flags}, mesh)
                 metrics += rows
                 layers += layer_rows
                 run.write_metrics(metrics)
@@ -193,12 +200,14 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
                         analysis(state, step, epoch, logits))
                     run.write_table(run.path / analysis.file, tables[analysis.file],
                                     analysis.columns)
+                save_params(run, recipe, step, state)  # only runs of a `models` subset
                 progress.evaluation(step, epoch, rows)
-                if rows[0]["diverged"]:
+                if any(r["diverged"] for r in rows if r["model"] == FULL):
                     raise FullDiverged(f"the full network diverged by step {step} (epoch "
                                        f"{epoch:g}): its loss or parameters are not finite; "
                                        f"see {run.metrics_path}")
-            stopping = bool(asked) and step < total  # a finished run has nothing to requeue
+            # A finished run has nothing to requeue; several processes stop at the same step.
+            stopping = step < total and distributed.agree_to_stop(bool(asked), step)
             if not resumed_here and (step in saves or stopping):
                 ckpts.save(step, state, {"metrics": _rows_out(metrics),
                                          "layers": _rows_out(layers),
@@ -239,6 +248,10 @@ def extra_analyses(recipe: Recipe, ds, evaluator, run: RunDir, points: list[int]
 
     engine = evaluator.engine
     schedule = make_schedule(recipe.optim, engine.steps_per_epoch)
+    wanted = recipe.spawn.children >= 2 or recipe.eval.kernel_n or recipe.eval.closed_form
+    if wanted and jax.process_count() > 1:
+        raise RecipeError("eval.kernel_n, eval.closed_form and spawn children run in one "
+                          "process; run them without srun's several tasks")
     return [ChildrenMetrics(recipe, spec_of(ds), evaluator),
             KernelDynamics(recipe, ds, engine, run.path),
             ClosedFormComparison(recipe, ds, engine, evaluator, points, schedule)]
