@@ -206,7 +206,7 @@ def test_dump_keeps_schema_order(tmp_path):
     text = dump_recipe(recipe_from_dict(CUSTOM))
     top = [line.split(":")[0] for line in text.splitlines() if line and not line.startswith(" ")]
     assert top == ["name", "seed", "models", "data", "model", "taylor", "train", "optim", "eval",
-                   "checkpoint"]
+                   "checkpoint", "spawn"]
     assert "orders: [1, 2]" in text
     path = write(tmp_path, text, name="dumped.yaml")
     assert load_recipe(path) == recipe_from_dict(CUSTOM)

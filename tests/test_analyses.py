@@ -1,0 +1,91 @@
+"""A run's extra analyses: kernel dynamics (eval.kernel_n) and the closed form (eval.closed_form)."""
+
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from taylorcli.data import standardize
+from taylorcli.kernel_dynamics import kernel_subset
+from taylorcli.progress import PlainProgress
+from taylorcli.recipe import RecipeError
+from taylorcli.train import build_engine, init_state
+from taylorcli.trainer import load_data, spec_of, train
+
+KERNELS = ("eval.kernel_n=6", "eval.kernel_block=4", "eval.kernel_outputs=full")
+# Lee et al.'s setting, small: MSE, plain full-batch gradient descent, no augmentation.
+LEE = ("train.loss=mse", "data.pad=0", "optim.grad_clip=null", "model.parameterization=ntk",
+       "model.arch=mlp", "model.width=64", "data.train_limit=32", "train.batch_size=32",
+       "optim.lr=0.05", "train.epochs=40", "eval.every_epochs=10", "eval.closed_form=true",
+       "taylor.orders=[1]")
+
+
+def quiet():
+    return PlainProgress(stream=io.StringIO())
+
+
+def test_kernel_dynamics_of_a_run(tmp_path, tiny_recipe):
+    recipe = tiny_recipe(*KERNELS)
+    train(recipe, str(tmp_path / "run"), quiet())
+    table = pd.read_csv(tmp_path / "run" / "kernels.csv")
+    assert set(table["model"]) == {"full", "order1", "order2"}
+    assert list(table.loc[table["model"] == "full", "step"]) == [0, 4, 8]
+    # The linearized model's tangent kernel is constant; the network's and order 2's move.
+    assert table.loc[table["model"] == "order1", "distance_from_start"].max() < 1e-6
+    last = table[table["step"] == 8].set_index("model")
+    assert last.loc["full", "distance_from_start"] > 1e-5
+    assert last.loc["order2", "distance_from_start"] > 1e-7
+    velocity = last.loc["full", "distance_from_previous"] / 1.0  # one epoch between evaluations
+    assert last.loc["full", "velocity"] == pytest.approx(velocity)
+
+    # The saved kernel at step 0 equals J Jᵀ from a Jacobian materialized here.
+    ds = load_data(recipe)
+    spec = spec_of(ds)
+    engine = build_engine(recipe, spec)
+    theta0 = init_state(engine, recipe, spec)["theta0"]
+    idx = kernel_subset(len(ds.train_y), 6, recipe.seed)
+    x = standardize(jnp.asarray(ds.train_x[idx]), mean=ds.mean, std=ds.std)
+    jac = jax.jacrev(engine.apply)(theta0, x)
+    flat = np.concatenate([np.asarray(j).reshape(6 * spec.num_classes, -1)
+                           for j in jax.tree.leaves(jac)], axis=1)
+    with np.load(tmp_path / "run" / "kernels" / "step00000000.npz") as saved:
+        np.testing.assert_allclose(saved["full"], flat @ flat.T, rtol=2e-4, atol=1e-4)
+        np.testing.assert_allclose(saved["order1"], saved["full"], rtol=1e-5, atol=1e-5)
+
+
+def test_closed_form_tracks_the_linearized_model(tmp_path, tiny_recipe):
+    recipe = tiny_recipe(*LEE)
+    train(recipe, str(tmp_path / "lee"), quiet())
+    table = pd.read_csv(tmp_path / "lee" / "closed_form.csv")
+    order1 = table[table["model"] == "order1"].set_index("step")
+    assert list(order1.index) == [0, 10, 20, 30, 40]
+    assert list(order1["flow_time"]) == pytest.approx([0, 0.5, 1.0, 1.5, 2.0])
+    assert order1.loc[0, "relative_difference"] == 0
+    # Gradient descent with a small rate follows the gradient flow: the gap is O(η).
+    assert order1["relative_difference"].max() < 0.01
+    assert (order1["test_acc"] == order1["closed_form_test_acc"]).mean() >= 0.8
+    assert order1["closed_form_train_loss"].is_monotonic_decreasing
+
+
+def test_closed_form_flow_time_follows_the_schedule(tmp_path, tiny_recipe):
+    recipe = tiny_recipe(*LEE, "optim.schedule=step", "optim.decay_epochs=[15]",
+                         "optim.decay_factor=0.5", "train.epochs=20")
+    train(recipe, str(tmp_path / "lee"), quiet())
+    order1 = pd.read_csv(tmp_path / "lee" / "closed_form.csv")
+    order1 = order1[order1["model"] == "order1"].set_index("step")
+    assert order1.loc[20, "flow_time"] == pytest.approx(0.05 * 15 + 0.025 * 5)
+    assert order1["relative_difference"].max() < 0.01
+
+
+@pytest.mark.parametrize("bad, key", [
+    ("train.loss=cross_entropy", "train.loss"),
+    ("data.pad=2", "data.pad"),
+    ("optim.grad_clip=5", "optim.grad_clip"),
+    ("optim.momentum=0.9", "optim.momentum"),
+])
+def test_closed_form_refuses_settings_it_does_not_describe(tiny_recipe, bad, key):
+    with pytest.raises(RecipeError, match=key):
+        tiny_recipe(*LEE, bad)
