@@ -56,18 +56,28 @@ def test_kernel_dynamics_of_a_run(tmp_path, tiny_recipe):
         np.testing.assert_allclose(saved["order1"], saved["full"], rtol=1e-5, atol=1e-5)
 
 
+def closed_form_gap(tmp_path, tiny_recipe, lr, epochs):
+    recipe = tiny_recipe(*LEE, f"optim.lr={lr}", f"train.epochs={epochs}",
+                         f"eval.every_epochs={epochs // 4}")
+    out = tmp_path / f"lee{lr}"
+    train(recipe, str(out), quiet())
+    table = pd.read_csv(out / "closed_form.csv")
+    return table[table["model"] == "order1"].set_index("step")
+
+
 def test_closed_form_tracks_the_linearized_model(tmp_path, tiny_recipe):
-    recipe = tiny_recipe(*LEE)
-    train(recipe, str(tmp_path / "lee"), quiet())
-    table = pd.read_csv(tmp_path / "lee" / "closed_form.csv")
-    order1 = table[table["model"] == "order1"].set_index("step")
-    assert list(order1.index) == [0, 10, 20, 30, 40]
-    assert list(order1["flow_time"]) == pytest.approx([0, 0.5, 1.0, 1.5, 2.0])
-    assert order1.loc[0, "relative_difference"] == 0
-    # Gradient descent with a small rate follows the gradient flow: the gap is O(η).
-    assert order1["relative_difference"].max() < 0.01
-    assert (order1["test_acc"] == order1["closed_form_test_acc"]).mean() >= 0.8
-    assert order1["closed_form_train_loss"].is_monotonic_decreasing
+    """Gradient descent of the order-1 model follows the closed-form gradient flow up to O(η)."""
+    coarse = closed_form_gap(tmp_path, tiny_recipe, 0.04, 40)
+    fine = closed_form_gap(tmp_path, tiny_recipe, 0.02, 80)
+    assert list(coarse["flow_time"]) == pytest.approx([0, 0.4, 0.8, 1.2, 1.6])
+    assert list(fine["flow_time"]) == pytest.approx(list(coarse["flow_time"]))
+    assert coarse["relative_difference"].iloc[0] == 0
+    assert coarse["relative_difference"].max() < 0.1
+    # Halving the rate (same flow times) halves the gap: first order in η, as a discretization.
+    ratio = (fine["relative_difference"].to_numpy()[1:]
+             / coarse["relative_difference"].to_numpy()[1:])
+    assert np.all((ratio > 0.35) & (ratio < 0.65)), ratio
+    assert coarse["closed_form_train_loss"].is_monotonic_decreasing
 
 
 def test_closed_form_flow_time_follows_the_schedule(tmp_path, tiny_recipe):
@@ -77,7 +87,7 @@ def test_closed_form_flow_time_follows_the_schedule(tmp_path, tiny_recipe):
     order1 = pd.read_csv(tmp_path / "lee" / "closed_form.csv")
     order1 = order1[order1["model"] == "order1"].set_index("step")
     assert order1.loc[20, "flow_time"] == pytest.approx(0.05 * 15 + 0.025 * 5)
-    assert order1["relative_difference"].max() < 0.01
+    assert order1["relative_difference"].max() < 0.1
 
 
 @pytest.mark.parametrize("bad, key", [
