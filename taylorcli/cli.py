@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Optional
@@ -67,9 +68,8 @@ def train(
 
     Example: taylorcli train recipes/digits.yaml --set train.epochs=5 --out runs/digits-short
     """
-    from .trainer import FullDiverged, Stopped
-
-    try:
+    with _training_errors("interrupted; rerun the same command to continue from the newest "
+                          "checkpoint"):
         r = load_recipe(recipe, set_)
         if dry_run:
             _dry_run(r)
@@ -82,15 +82,6 @@ def train(
         result = run_training(r, str(out or Path("runs") / r.name),
                               progress_for(lambda: make_progress(console)),
                               resume=resume, source=str(recipe))
-    except INPUT_ERRORS as e:
-        raise _fail(str(e), BAD_INPUT) from None
-    except Stopped as e:
-        raise _fail(str(e), STOPPED, kind="stopped") from None
-    except FullDiverged as e:
-        raise _fail(str(e), FULL_DIVERGED) from None
-    except KeyboardInterrupt:
-        raise _fail("interrupted; rerun the same command to continue from the newest "
-                    "checkpoint", INTERRUPTED, kind="stopped") from None
     if not is_primary():
         return  # one voice per job: process 0 reports
     _print_final(result.final)
@@ -182,9 +173,7 @@ def spawn(
     Example: taylorcli spawn runs/digits --at 0,1,2,5,10 --order 1,2 --children 2
     """
     from .spawning import parse_list, spawn as spawn_runs
-    from .trainer import FullDiverged, Stopped
-
-    try:
+    with _training_errors("interrupted; rerun the same command to continue"):
         epochs = parse_list(at, "--at")
         orders = parse_list(order, "--order", int, minimum=1)
         from .progress import make_progress
@@ -192,15 +181,6 @@ def spawn(
         sweep = spawn_runs(run_dir, epochs, orders, children=children, reexpand=reexpand_every,
                            overrides=set_, out=out, progress=make_progress(console),
                            resume=resume, source=str(run_dir))
-    except INPUT_ERRORS as e:
-        raise _fail(str(e), BAD_INPUT) from None
-    except Stopped as e:
-        raise _fail(str(e), STOPPED, kind="stopped") from None
-    except FullDiverged as e:
-        raise _fail(str(e), FULL_DIVERGED) from None
-    except KeyboardInterrupt:
-        raise _fail("interrupted; rerun the same command to continue", INTERRUPTED,
-                    kind="stopped") from None
     _print_sweep(sweep)
 
 
@@ -265,6 +245,23 @@ def _dry_run(r) -> None:
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
+
+
+@contextlib.contextmanager
+def _training_errors(interrupted: str):
+    """Map what a training run can end with to one line and its documented exit code."""
+    from .trainer import FullDiverged, Stopped
+
+    try:
+        yield
+    except INPUT_ERRORS as e:
+        raise _fail(str(e), BAD_INPUT) from None
+    except Stopped as e:
+        raise _fail(str(e), STOPPED, kind="stopped") from None
+    except FullDiverged as e:
+        raise _fail(str(e), FULL_DIVERGED) from None
+    except KeyboardInterrupt:
+        raise _fail(interrupted, INTERRUPTED, kind="stopped") from None
 
 
 def _print_sweep(sweep) -> None:

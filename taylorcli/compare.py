@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from rich.table import Table as RichTable
 
-from .recipe import Recipe, RecipeError, load_recipe, recipe_to_dict
+from .recipe import Recipe, RecipeError, load_recipe, recipe_to_flat
 from .runs import LAYERS_COLUMNS, METRICS_COLUMNS, write_atomic
 
 FULL = "full"
@@ -161,16 +161,6 @@ def epoch_tag(epoch: float) -> str:
     return f"ep{epoch:g}"
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _show(value) -> str:
     if isinstance(value, float):
         return f"{value:g}"
@@ -181,7 +171,7 @@ def _show(value) -> str:
 
 def recipe_differences(recipes: Sequence[Recipe]) -> list[dict[str, str]]:
     """For each recipe, the settings in which the recipes differ: {'optim.lr': '0.01', ...}."""
-    flat = [_flat(recipe_to_dict(r)) for r in recipes]
+    flat = [recipe_to_flat(r) for r in recipes]
     keys = [k for k in flat[0] if not k.startswith(NOT_A_SETTING)]
     differing = [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
     return [{k: _show(f.get(k)) for k in differing} for f in flat]

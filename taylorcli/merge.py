@@ -20,7 +20,7 @@ import pandas as pd
 
 from .compare import FULL, Run
 from .metrics import cos_func
-from .recipe import Recipe, recipe_to_dict
+from .recipe import Recipe, recipe_to_flat
 
 # Keys that may differ between the parts of one merged run: which models, where the data and
 # checkpoints live, how evaluation is batched and when; how models are placed on devices.
@@ -53,19 +53,9 @@ def save_params(run, recipe: Recipe, step: int, state: dict) -> None:
                                 for n, p in state["params"].items()})
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def merge_key(recipe: Recipe) -> str:
     """What subset runs of one recipe have in common: every setting but `models` and storage."""
-    flat = _flat(recipe_to_dict(recipe))
+    flat = recipe_to_flat(recipe)
     return repr(sorted((k, repr(v)) for k, v in flat.items() if not k.startswith(NOT_COMPARED)))
 
 

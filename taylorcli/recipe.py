@@ -376,6 +376,13 @@ def recipe_to_dict(recipe: Recipe) -> dict:
     return plain(recipe)
 
 
+def recipe_to_flat(recipe: Recipe) -> dict:
+    """Every field of a recipe under its dotted key, e.g. {'optim.lr': 0.1, ...}."""
+    return {key: value for name, section in recipe_to_dict(recipe).items()
+            for key, value in (((f"{name}.{k}", v) for k, v in section.items())
+                               if isinstance(section, dict) else [(name, section)])}
+
+
 class _Dumper(yaml.SafeDumper):
     """SafeDumper that writes lists inline (`orders: [1, 2, 3, 4]`) but sections as blocks."""
 

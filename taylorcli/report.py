@@ -17,6 +17,7 @@ import pandas as pd
 
 from .compare import (FULL, ReportError, Run, check_format, epoch_tag, load_run, side_by_side,
                       to_csv, to_markdown, value_columns, write_text)
+from .analysis_figures import closed_form_figure, kernel_figure
 from .figures import early_epoch, figure2, figure3
 from .merge import merge_runs
 from .recipe import dump_recipe
@@ -192,6 +193,7 @@ class Report:
     tables: dict[str, tuple[str, pd.DataFrame]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     figures: dict[str, list[Path]] = field(default_factory=dict)
+    analysis_figures: dict[str, list[Path]] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     out: Path | None = None
     runs: list[Run] = field(default_factory=list)
@@ -383,6 +385,10 @@ def write_report(report: Report, fmt: str = "md", results_dir: str | Path = "run
             figs.append(figure3(r, out / "figures" / f"figure3_{_slug(r.name)}.png"))
         report.figures[r.name] = figs
         report.files += figs
+        extra = [kernel_figure(r, out / "figures" / f"kernels_{_slug(r.name)}.png"),
+                 closed_form_figure(r, out / "figures" / f"closed_form_{_slug(r.name)}.png")]
+        report.analysis_figures[r.name] = [f for f in extra if f is not None]
+        report.files += report.analysis_figures[r.name]
         # A merged run's recipe is its parts' recipe with their models together.
         text = dump_recipe(r.recipe) if r.parts else (r.path / "recipe.yaml").read_text()
         report.files.append(write_text(out / "recipes" / f"{_slug(r.name)}.yaml", text))
@@ -432,6 +438,16 @@ def markdown(report: Report, results_dir: str | Path) -> str:
             rel = report.figures[r.name][1].relative_to(report.out).as_posix()
             parts.append(f"![Figure 3, {r.name}: epoch {early_epoch(r):g} and "
                          f"{r.layers['epoch'].max():g}]({rel})\n")
+    if any(report.analysis_figures.values()):
+        parts.append("## Kernel dynamics and the closed form\n")
+        parts.append("Where a run computed them (`eval.kernel_n`, `eval.closed_form`): each "
+                     "model's empirical NTK distance from its first kernel and the kernel "
+                     "velocity; each model's distance from Lee et al.'s closed-form linearized "
+                     "trajectory and its test accuracy beside the closed form's.\n")
+        for r in runs:
+            for fig in report.analysis_figures.get(r.name, []):
+                rel = fig.relative_to(report.out).as_posix()
+                parts.append(f"![{fig.stem}, {r.name}]({rel})\n")
     return "\n".join(parts)
 
 

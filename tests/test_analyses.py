@@ -99,3 +99,14 @@ def test_closed_form_flow_time_follows_the_schedule(tmp_path, tiny_recipe):
 def test_closed_form_refuses_settings_it_does_not_describe(tiny_recipe, bad, key):
     with pytest.raises(RecipeError, match=key):
         tiny_recipe(*LEE, bad)
+
+
+def test_report_draws_the_analyses(tmp_path, tiny_recipe):
+    from taylorcli.report import report
+
+    train(tiny_recipe(*KERNELS, "eval.kernel_outputs=trace"), str(tmp_path / "runs" / "k"), quiet())
+    made = report(tmp_path / "runs", "md", tmp_path / "out")
+    figure = tmp_path / "out" / "figures" / "kernels_k.png"
+    assert figure in made.files and figure.stat().st_size > 1000
+    assert "figures/kernels_k.png" in (tmp_path / "out" / "report.md").read_text()
+    assert not (tmp_path / "out" / "figures" / "closed_form_k.png").exists()
