@@ -2,6 +2,8 @@
 
 import dataclasses
 import io
+import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +19,7 @@ from taylorcli.progress import PlainProgress
 from taylorcli.spawn import parent_network, parent_recipe, replay, spawn_recipe
 from taylorcli.train import ModelSpec, build_engine, epoch_permutations, lockstep_state, \
     reexpands_at
-from taylorcli.trainer import load_data, spec_of, train
+from taylorcli.trainer import Stopped, load_data, spec_of, train
 
 EPOCHS = "train.epochs=3"
 
@@ -261,3 +263,30 @@ def test_cli_spawn_bad_input_is_one_line_and_exit_2(parent, tmp_path, extra, nee
 def test_cli_spawn_from_a_folder_that_is_no_run(tmp_path):
     result = CliRunner().invoke(app, ["spawn", str(tmp_path), "--at", "0"])
     assert result.exit_code == 2 and "not a run directory" in result.output
+
+
+class SignalAtStep(Quiet):
+    """Quiet progress that sends this process SIGTERM after a given step."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def step(self, step, latest):
+        if step == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_stopped_spawned_run_resumes_to_the_same_tables(parent, tmp_path):
+    """A spawned run with children and re-expansion, stopped mid-way and resumed, writes the
+    same metrics, children and kernel tables as one that ran through."""
+    recipe = spawn_recipe(parent_recipe(parent), parent, 1, (1,), children=2,
+                          reexpand_every=(3,), overrides=("eval.kernel_n=4",
+                                                          "eval.kernel_block=2"))
+    train(recipe, str(tmp_path / "a"), Quiet())
+    with pytest.raises(Stopped):
+        train(recipe, str(tmp_path / "b"), SignalAtStep(6))
+    assert pd.read_csv(tmp_path / "b" / "metrics.csv")["step"].max() < 12
+    train(recipe, str(tmp_path / "b"), Quiet())
+    for table in ("metrics.csv", "children.csv", "kernels.csv", "layers.csv"):
+        assert (tmp_path / "a" / table).read_bytes() == (tmp_path / "b" / table).read_bytes(), table
