@@ -195,6 +195,16 @@ def model_label(order: int) -> str:
     return "FULL NN" if order == 0 else MODEL_LABELS.get(order, f"ORDER {order} (k={order})")
 
 
+def model_display(name: str, order: int) -> str:
+    """A model's row label: the paper's name, with what a spawned run adds (`child0`, `every10`)."""
+    base = name.split("/", 1)[1] if name.startswith("spawn@") else name
+    if base in ("full", f"order{order}"):
+        return model_label(order)
+    if base.startswith(f"order{order}/"):
+        return f"{model_label(order)} {base.split('/', 1)[1]}"
+    return base
+
+
 def value_columns(epochs: Sequence[float]) -> list[str]:
     """The Table 3/4 value columns in the paper's order: test_acc_ep10, test_acc_ep80, cos_param_ep10, …"""
     return [f"{m}_{epoch_tag(e)}" for m in METRICS for e in epochs]
@@ -224,10 +234,10 @@ def side_by_side(runs: Sequence[Run], epochs: Sequence[float],
         if moved:
             ran = f"{run.recipe.train.epochs} epochs" if run.complete else run.status
             notes.append(f"{run.name} ({ran}): {', '.join(moved)}, the nearest earlier "
-                         f"evaluation")
+                         f"evaluation (or the first, for a run that starts later)")
         at = {e: run.at(got) for e, got in used.items()}
         for model in run.models:
-            row = {"setting": setting, "run": run.name, "model": model_label(run.order_of(model))}
+            row = {"setting": setting, "run": run.name, "model": model_display(model, run.order_of(model))}
             for metric in METRICS:
                 for e in epochs:
                     row[f"{metric}_{epoch_tag(e)}"] = float(at[e].loc[model, metric]) \
