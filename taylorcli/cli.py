@@ -292,5 +292,27 @@ def _print_final(rows: list[dict]) -> None:
     console.print(table)
 
 
+def run() -> None:
+    """The `taylorcli` console command: a usage error is one line naming the flag, exit 2."""
+    try:
+        code = app(standalone_mode=False)
+    except Exception as e:  # Typer's vendored click raises its UsageError family here
+        message = getattr(e, "format_message", None)
+        if message is None or not hasattr(e, "exit_code"):
+            raise
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `taylorcli`: the help is the answer
+            print(message())
+            sys.exit(0)
+        print(f"taylorcli: error: {' '.join(message().split()).rstrip('.')}; see '{_command(e)} --help'",
+              file=sys.stderr)
+        sys.exit(e.exit_code)
+    sys.exit(code or 0)
+
+
+def _command(error) -> str:
+    ctx = getattr(error, "ctx", None)
+    return ctx.command_path if ctx is not None else "taylorcli"
+
+
 if __name__ == "__main__":
-    app()
+    run()

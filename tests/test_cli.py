@@ -364,3 +364,20 @@ def test_no_resume_starts_over(main_run, recipe_file, tmp_path):
     assert yaml.safe_load((out / "recipe.yaml").read_text())["taylor"]["orders"] == [1]
     assert not stale.exists()
     assert sorted(saved_logits(out)) == [0, 4]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "--bogus"], "--bogus"),
+    (["spawn", "runs/none", "--at", "1", "--children", "-1"], "--children"),
+    (["spawn", "runs/none"], "--at"),
+])
+def test_usage_errors_of_the_console_command_are_one_line(args, needle):
+    """Typer's own flag errors (unknown option, bad value, missing option) are one line too."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "taylorcli.cli", *args], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("taylorcli: error:")
