@@ -12,6 +12,7 @@ import io
 import re
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -54,9 +55,12 @@ class KernelDynamics:
         """One function object per model and expansion point, so its compiled Jacobian is reused."""
         if spec.order == 0:
             return self.engine.apply
+        host = jax.device_get(center)
         cached = self._fns.get(spec.name)
-        if cached is None or cached[0] is not center:
-            cached = (center, taylorize(self.engine.apply, center, spec.order))
+        # The step hands back new arrays each time: compare values, not identities.
+        if cached is None or not all(np.array_equal(a, b) for a, b in
+                                     zip(jax.tree.leaves(cached[0]), jax.tree.leaves(host))):
+            cached = (host, taylorize(self.engine.apply, center, spec.order))
             self._fns[spec.name] = cached
         return cached[1]
 
@@ -94,10 +98,15 @@ class KernelDynamics:
         write_atomic(self.folder / f"step{step:08d}.npz", buf.getvalue())
         rows = []
         for name, k in kernels.items():
-            gap = kernel_distance(previous[name], k) if previous is not None else np.nan
+            gap = _distance(previous[name], k) if previous is not None else np.nan
             dt = (step - earlier[-1]) / self.spe if earlier else np.nan
             rows.append({"model": name, "epoch": round(epoch, 6), "step": step,
                          "kernel_norm": float(np.linalg.norm(k)),
-                         "distance_from_start": kernel_distance(first[name], k),
+                         "distance_from_start": _distance(first[name], k),
                          "distance_from_previous": gap, "velocity": gap / dt if earlier else np.nan})
         return rows
+
+
+def _distance(k1, k2) -> float:
+    # A zero kernel (every ReLU dead) has no direction: its distance is undefined, not an error.
+    return kernel_distance(k1, k2) if np.any(k1) and np.any(k2) else float("nan")

@@ -63,6 +63,9 @@ def reexpansion(text: str | None) -> tuple[list[int], list[int]]:
             raise RecipeError(f"--reexpand-every {text}: expected steps K >= 1, inf, or "
                               f"doubling:K (intervals K, 2K, 4K, ...), got {part!r}")
         if k.lower() == "inf":
+            if kind:
+                raise RecipeError(f"--reexpand-every {text}: doubling needs a first interval "
+                                  f"K >= 1, got {part!r}")
             continue  # never re-expanding is the plain spawned Taylor model, always trained
         if int(k) < 1:
             raise RecipeError(f"--reexpand-every {text}: expected K >= 1, got {part!r}")

@@ -243,13 +243,6 @@ def make_train_step(engine: Engine, seed: int) -> Callable:
     def step(state, perms, train_x, train_y):
         perms = perms[None] if perms.ndim == 1 else perms  # one stream: a plain permutation will do
         batches = [batch(state, perms, train_x, train_y, j) for j in range(len(engine.streams))]
-        since = state["step"] - engine.start_step
-        if "centers" in state:
-            centers = {s.name: jax.tree.map(
-                lambda p, c, s=s: jnp.where(reexpands_at(s.reexpand, since), p, c),
-                state["params"][s.name], state["centers"][s.name])
-                for s in engine.specs if s.reexpand}
-            state = {**state, "centers": centers}
         fns = engine.model_fns(state)
         new = {"params": {}, "opt": {}, "diverged": {}}
         stats = {}
@@ -275,6 +268,14 @@ def make_train_step(engine: Engine, seed: int) -> Callable:
             stats[name] = jnp.stack([loss, jnp.sum(jnp.argmax(logits, -1) == y).astype(loss.dtype)])
         # The running sums live in the state, so a checkpoint between evaluations loses nothing.
         sums = {n: state["stats"][n] + jnp.append(stats[n], 1.0) for n in stats}
+        if "centers" in state:
+            # Moved at the end of the step that reaches a re-expansion point, so the state always
+            # holds the expansion point of the step it is at (evaluations and kernels see it too).
+            since = state["step"] + 1 - engine.start_step
+            new["centers"] = {s.name: jax.tree.map(
+                lambda p, c, s=s: jnp.where(reexpands_at(s.reexpand, since), p, c),
+                new["params"][s.name], state["centers"][s.name])
+                for s in engine.specs if s.reexpand}
         return {**state, "step": state["step"] + 1, **new, "stats": sums}, stats
 
     return step

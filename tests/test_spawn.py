@@ -16,6 +16,7 @@ from taylorcli.cli import app
 from taylorcli.metrics import error_barrier, function_distance
 from taylorcli.models import build_model, preactivations
 from taylorcli.progress import PlainProgress
+from taylorcli.recipe import RecipeError
 from taylorcli.spawn import parent_network, parent_recipe, replay, spawn_recipe
 from taylorcli.train import ModelSpec, build_engine, epoch_permutations, lockstep_state, \
     reexpands_at
@@ -157,12 +158,24 @@ def test_reexpanded_center_is_the_parameters_at_the_last_reexpansion(tiny_recipe
     recipe = tiny_recipe()
     specs = [ModelSpec("full"), ModelSpec("r", 2, reexpand=("every", 4))]
     ds, engine, state = engine_and_state(recipe, specs)
-    after4 = run_steps(recipe, engine, state, ds, 4)  # steps 0..3: no re-expansion yet
-    after5 = run_steps(recipe, engine, state, ds, 5)  # step 4 re-expands first, then updates
-    for c, t0 in zip(jax.tree.leaves(after4["centers"]["r"]), jax.tree.leaves(after4["theta0"])):
+    after3 = run_steps(recipe, engine, state, ds, 3)  # at step 3: still expanded at θ0
+    after4 = run_steps(recipe, engine, state, ds, 4)  # at step 4: re-expanded at θ(4)
+    for c, t0 in zip(jax.tree.leaves(after3["centers"]["r"]), jax.tree.leaves(after3["theta0"])):
         np.testing.assert_array_equal(c, t0)
-    for c, p in zip(jax.tree.leaves(after5["centers"]["r"]), jax.tree.leaves(after4["params"]["r"])):
-        np.testing.assert_allclose(c, p, rtol=1e-6, atol=1e-7)
+    for c, p in zip(jax.tree.leaves(after4["centers"]["r"]), jax.tree.leaves(after4["params"]["r"])):
+        np.testing.assert_array_equal(c, p)
+
+
+def test_reexpanding_every_step_evaluates_as_the_network(tiny_recipe):
+    """At a re-expansion point the model is f(θ): its logits equal the network's at θ."""
+    from taylorcli.train import make_eval_logits
+
+    recipe = tiny_recipe()
+    specs = [ModelSpec("full"), ModelSpec("r1", 1, reexpand=("every", 1))]
+    ds, engine, state = engine_and_state(recipe, specs)
+    out = run_steps(recipe, engine, state, ds, 4)
+    logits = make_eval_logits(engine)(out, jnp.asarray(ds.test_x[:16], jnp.float32))
+    np.testing.assert_allclose(logits["r1"], logits["full"], rtol=1e-5, atol=1e-6)
 
 
 def test_error_barrier_closed_forms():
@@ -251,6 +264,9 @@ def test_cli_spawn_sweep_writes_the_summary_and_resumes(parent, tmp_path):
     (["--at", "1", "--set", "model.width=8"], "model.width"),
     (["--at", "1", "--set", "seed=3"], "seed"),
     (["--at", "1", "--reexpand-every", "every"], "--reexpand-every"),
+    (["--at", "1", "--reexpand-every", "doubling:inf"], "--reexpand-every"),
+    (["--at", "1", "--set", "optim.momentum=0.9"], "optim.momentum"),
+    (["--at", "1", "--set", "models=[full]"], "models"),
 ])
 def test_cli_spawn_bad_input_is_one_line_and_exit_2(parent, tmp_path, extra, needle):
     result = CliRunner().invoke(app, ["spawn", str(parent), *extra, "--out", str(tmp_path / "o")])
@@ -290,3 +306,23 @@ def test_stopped_spawned_run_resumes_to_the_same_tables(parent, tmp_path):
     train(recipe, str(tmp_path / "b"), Quiet())
     for table in ("metrics.csv", "children.csv", "kernels.csv", "layers.csv"):
         assert (tmp_path / "a" / table).read_bytes() == (tmp_path / "b" / table).read_bytes(), table
+
+
+def test_spawn_of_a_spawned_run_starts_from_its_own_trajectory(parent, tmp_path):
+    """A spawned run without a checkpoint before the new spawn point is rebuilt from its own
+    parent, not from the seed; epochs before its own spawn point are refused."""
+    child = tmp_path / "at1"
+    recipe = spawn_recipe(parent_recipe(parent), parent, 1, (1,),
+                          overrides=("checkpoint.keep_epochs=[]", "checkpoint.keep=1",
+                                     "optim.lr=0.03"))
+    train(recipe, str(child), Quiet())
+    assert [p.name for p in (child / "checkpoints").iterdir() if p.name.isdigit()] == ["12"]
+    with pytest.raises(RecipeError, match="--at 0.5"):
+        spawn_recipe(parent_recipe(child), child, 0.5, (1,))
+    metrics, _ = spawned(child, tmp_path / "grand", 2, orders=(1,))
+    ours = metrics[(metrics["model"] == "full") & (metrics["step"] == 8)].iloc[0]
+    # The child trained at its own rate from step 4: the grandchild must start on that path.
+    theirs = pd.read_csv(child / "metrics.csv").set_index(["model", "step"]).loc[("full", 8)]
+    assert ours["test_loss"] == pytest.approx(theirs["test_loss"], rel=1e-5)
+    other = pd.read_csv(parent / "metrics.csv").set_index(["model", "step"]).loc[("full", 8)]
+    assert abs(other["test_loss"] - theirs["test_loss"]) > 1e-4  # the rate mattered
