@@ -13,23 +13,22 @@ from .figures import STYLE, WIDTH_IN, _colours, _label, _legend, _save
 
 def kernel_figure(run: Run, path: str | Path) -> Path | None:
     """Kernel distance from the start and kernel velocity against epochs, one line per model."""
-    source = run.path / "kernels.csv"
-    if not source.is_file():
-        return None
-    table = pd.read_csv(source)
-    return _two_panels(run, table, [("distance_from_start", "kernel distance from start"),
+    table = _table(run, "kernels.csv")
+    return None if table is None else _two_panels(run, table, [("distance_from_start", "kernel distance from start"),
                                     ("velocity", "kernel velocity (per epoch)")], path)
 
 
 def closed_form_figure(run: Run, path: str | Path) -> Path | None:
     """Each model's relative logit difference from the closed form, and test accuracies, against epochs."""
-    source = run.path / "closed_form.csv"
-    if not source.is_file():
-        return None
-    table = pd.read_csv(source)
-    return _two_panels(run, table, [("relative_difference", "‖f − f_closed‖ / ‖f_closed‖"),
+    table = _table(run, "closed_form.csv")
+    return None if table is None else _two_panels(run, table, [("relative_difference", "‖f − f_closed‖ / ‖f_closed‖"),
                                     ("test_acc", "test accuracy")], path,
                        extra=("closed_form_test_acc", "closed form"))
+
+
+def _table(run: Run, name: str) -> pd.DataFrame | None:
+    path = run.path / name
+    return pd.read_csv(path) if path.is_file() else None
 
 
 def _two_panels(run: Run, table: pd.DataFrame, panels, path, extra=None) -> Path:

@@ -54,9 +54,6 @@ class ChildrenMetrics:
         self._errors_on_line = errors_on_line
         self._pattern_mismatch = pattern_mismatch
 
-    def __bool__(self) -> bool:
-        return len(self.names) >= 2
-
     def line_errors(self, pa, pb) -> np.ndarray:
         """Test error at each α of the grid, for α·pa + (1−α)·pb."""
         ev, wrong = self.evaluator, 0

@@ -1,7 +1,7 @@
 """Kernel dynamics along a run (Fort et al. 2020): every model's empirical NTK at every evaluation.
 
 The kernels are taken on a fixed subset of `eval.kernel_n` training examples (standardized, not
-augmented) and saved in kernels/stepXXXXXXXX.npz; kernels.csv has, per model and evaluation
+augmented) and saved in kernels/stepNNNNNNNN.npz; kernels.csv has, per model and evaluation
 point, the kernel's norm, its distance from the run's first kernel and from the previous one,
 and the kernel velocity (distance from the previous kernel per epoch).
 """
@@ -44,12 +44,9 @@ class KernelDynamics:
         self.block = recipe.eval.kernel_block
         self.folder = Path(run_path) / "kernels"
         self.spe = engine.steps_per_epoch
-        idx = kernel_subset(len(ds.train_y), self.n, recipe.seed) if self.n else []
+        idx = kernel_subset(len(ds.train_y), self.n, recipe.seed)
         self.x = data_lib.standardize(jnp.asarray(ds.train_x[idx]), mean=ds.mean, std=ds.std)
         self._fns: dict[str, tuple] = {}
-
-    def __bool__(self) -> bool:
-        return self.n > 0
 
     def model_fn(self, spec, center):
         """One function object per model and expansion point, so its compiled Jacobian is reused."""

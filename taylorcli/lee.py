@@ -28,13 +28,12 @@ class ClosedFormComparison:
     columns = COLUMNS
 
     def __init__(self, recipe, ds, engine, evaluator, points: list[int], schedule):
-        self.enabled = recipe.eval.closed_form
         self.engine = engine
         self.evaluator = evaluator
         self.block = recipe.eval.kernel_block
         self.num_classes = ds.num_classes
         n = len(ds.train_y)
-        if self.enabled and n * ds.num_classes > MAX_ROWS:
+        if n * ds.num_classes > MAX_ROWS:
             raise RecipeError(f"eval.closed_form: the kernel on {n} training examples has "
                               f"{n * ds.num_classes} rows; expected at most {MAX_ROWS} (set "
                               f"data.train_limit to at most {MAX_ROWS // ds.num_classes})")
@@ -45,9 +44,6 @@ class ClosedFormComparison:
         # Gradient flow time in units of the rate: η t becomes Σ η_s under a schedule.
         self.times = {p: float(rates[: p - start].sum()) for p in points}
         self.curves = None
-
-    def __bool__(self) -> bool:
-        return bool(self.enabled)
 
     def _trajectory(self, state) -> None:
         steps = sorted(self.times)

@@ -177,7 +177,7 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
             from .split import split_models
 
             step_fn, state, evaluator = split_models(engine, recipe.seed, state, evaluator)
-        analyses = [a for a in extra_analyses(recipe, ds, evaluator, run, points) if a]
+        analyses = extra_analyses(recipe, ds, spec, evaluator, run, points)
         progress.start(total, spe, engine.names, first_step=start)
         t0 = time.monotonic()
         perm, last = None, {}
@@ -240,21 +240,27 @@ def initial_state(engine, recipe: Recipe, spec, ds) -> dict:
     return spawned_state(engine, recipe, spec, ds)
 
 
-def extra_analyses(recipe: Recipe, ds, evaluator, run: RunDir, points: list[int]) -> list:
+def extra_analyses(recipe: Recipe, ds, spec, evaluator, run: RunDir, points: list[int]) -> list:
     """Analyses beyond metrics.csv that a recipe asks for, each writing its own table."""
     from .children import ChildrenMetrics
     from .kernel_dynamics import KernelDynamics
     from .lee import ClosedFormComparison
 
     engine = evaluator.engine
-    schedule = make_schedule(recipe.optim, engine.steps_per_epoch)
-    wanted = recipe.spawn.children >= 2 or recipe.eval.kernel_n or recipe.eval.closed_form
-    if wanted and jax.process_count() > 1:
+    analyses = []
+    # Built only when asked for: each holds data (a kernel subset, the standardized training
+    # set) and compiled functions that an ordinary run should not pay for.
+    if recipe.spawn.children >= 2:
+        analyses.append(ChildrenMetrics(recipe, spec, evaluator))
+    if recipe.eval.kernel_n:
+        analyses.append(KernelDynamics(recipe, ds, engine, run.path))
+    if recipe.eval.closed_form:
+        schedule = make_schedule(recipe.optim, engine.steps_per_epoch)
+        analyses.append(ClosedFormComparison(recipe, ds, engine, evaluator, points, schedule))
+    if analyses and jax.process_count() > 1:
         raise RecipeError("eval.kernel_n, eval.closed_form and spawn children run in one "
                           "process; run them without srun's several tasks")
-    return [ChildrenMetrics(recipe, spec_of(ds), evaluator),
-            KernelDynamics(recipe, ds, engine, run.path),
-            ClosedFormComparison(recipe, ds, engine, evaluator, points, schedule)]
+    return analyses
 
 
 def check_same_recipe(run: RunDir, recipe: Recipe) -> None:
