@@ -25,6 +25,7 @@ from rich.table import Table
 from . import data as data_lib
 from .costs import compiled_flops, step_cost
 from .recipe import load_recipe, recipe_from_dict
+from .step_profile import KINDS, profile_step
 from .train import build_engine, init_state, make_train_step
 
 TABLE1 = ("cnnthin", "cnnthick", "wrnthin", "wrnthick")
@@ -94,6 +95,11 @@ class Bench:
         return {"median_s": float(np.median(times)), "min_s": float(np.min(times)),
                 "flops": compiled_flops(fn)}
 
+    def profile(self, engine, trace_dir: Path) -> dict:
+        """Milliseconds per step by kind of XLA op, from a jax.profiler trace of two steps."""
+        fn, state = self.compiled(engine)
+        return profile_step(fn, state, (self.perm, self.train_x, self.train_y), trace_dir)
+
     def time_data(self) -> float:
         """Minimum wall time of the step's data part alone: batch gather and augmentation."""
         e = self.engine
@@ -149,6 +155,18 @@ def run_setting(s: Setting, repeats: int, nested: bool = True) -> dict:
     return out
 
 
+def profile_setting(s: Setting, trace_dir: Path) -> dict:
+    """Each order's step, Taylor mode and nested, broken down by kind of XLA op."""
+    b = Bench(s, 1)
+    out = {}
+    for k in s.orders:
+        for nested in (False, True):
+            label = f"order {k} {'nested' if nested else 'taylorize'}"
+            out[label] = b.profile(b.engine_for([f"order{k}"], nested=nested),
+                                   trace_dir / label.replace(" ", "_"))
+    return out
+
+
 def recipe_memory(names=TABLE1) -> dict:
     """Compiled memory (GiB) of the lockstep step of each Table 1 recipe, without running it."""
     out = {}
@@ -181,6 +199,17 @@ def _render(results: dict, console: Console) -> None:
         console.print(f"lockstep / separate = {r['lockstep_vs_separate']:.3f}   "
                       f"images/s = {r['images_per_s']:.1f}   data+augmentation = "
                       f"{r['data_s'] * 1e3:.2f} ms ({100 * r['data_share']:.2f}% of the step)")
+    if results.get("profile"):
+        t = Table(title=f"where the step goes, ms per step ({results['settings'][0]['setting']}, "
+                        "2 steps traced)", title_justify="left")
+        kinds = ["wall_ms", *(name for name, _ in KINDS), "untraced"]
+        for col in ("step", "wall", *kinds[1:]):
+            t.add_column(col, justify="left" if col == "step" else "right")
+        for label, row in results["profile"].items():
+            t.add_row(label, *(f"{row[k]:.1f}" for k in kinds))
+        console.print(t)
+        console.print("untraced: wall time in no traced op; on the CPU mostly XLA's own (Eigen) "
+                      "convolutions, which the trace does not name")
     if results.get("memory"):
         t = Table(title="compiled lockstep step of the Table 1 recipes", title_justify="left")
         for col in ("recipe", "peak GiB", "temporaries GiB", "TFLOPs/step", "backend"):
@@ -207,6 +236,8 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true",
                    help="small sizes that finish in about two minutes on 2 CPU cores")
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="also trace each order's step (first setting) into DIR and break it down")
     a = p.parse_args(argv)
     orders = tuple(int(k) for k in a.orders.split(","))
     if a.quick:
@@ -219,6 +250,8 @@ def main(argv=None) -> None:
                                 a.batch, a.image, orders))
     results = {"device": f"{jax.default_backend()} x{jax.device_count()}", "repeats": a.repeats,
                "settings": [run_setting(s, a.repeats, nested=not a.no_nested) for s in settings]}
+    if a.profile:
+        results["profile"] = profile_setting(settings[0], a.profile)
     if not a.no_memory:
         results["memory"] = recipe_memory()
     _render(results, Console())
@@ -236,6 +269,7 @@ def _summary(results: dict) -> dict:
         "images_per_s": first["images_per_s"],
         "data_share": first["data_share"],
         "memory_gib": {k: m["peak_gib"] for k, m in results.get("memory", {}).items()},
+        "profile_ms": results.get("profile", {}),
     }
 
 

@@ -24,3 +24,22 @@ def test_taylor_mode_needs_fewer_flops_than_nested_jvps_at_order_3():
     fast = compiled_flops(b.compiled(b.engine_for(["order3"]))[0])
     nested = compiled_flops(b.compiled(b.engine_for(["order3"], nested=True))[0])
     assert fast < 0.8 * nested, (fast, nested)
+
+
+def test_union_of_intervals():
+    from taylorcli.step_profile import _busy
+    assert _busy([]) == 0
+    assert _busy([(0, 2), (1, 3), (5, 6), (5.5, 5.7)]) == 4
+    assert _busy([(4, 9), (0, 1), (2, 3)]) == 7
+
+
+def test_profile_breaks_each_step_down(tmp_path):
+    s = bench.Setting("cnn", 2, 4, 1, 4, 12, (2,))
+    rows = bench.profile_setting(s, tmp_path)
+    assert set(rows) == {"order 2 taylorize", "order 2 nested"}
+    for row in rows.values():
+        traced = sum(row[name] for name, _ in bench.KINDS)
+        assert row["wall_ms"] > 0 and traced > 0
+        assert all(v >= 0 for v in row.values())
+        assert row["untraced"] <= row["wall_ms"]
+    assert list(tmp_path.rglob("*.trace.json.gz"))
