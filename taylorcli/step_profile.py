@@ -10,23 +10,45 @@ from pathlib import Path
 
 import jax
 
-# First match wins. An op is named by its HLO instruction; its kind is read from that line.
-KINDS = (
-    ("conv/dot", re.compile(r"convolution\(|conv_general_dilated|dot\(|dot_general")),
-    ("transpose/copy", re.compile(r"^(transpose|copy)|= \S+ (transpose|copy)\(")),
-    ("pad/concat/slice", re.compile(r"^\S*(pad|concatenate|slice)")),
-    ("other", re.compile(r"")),
-)
+KINDS = ("conv/dot", "transpose/copy", "pad/concat/slice", "other")
+
+# `%name = SHAPE opcode(operands), attributes`; a tuple SHAPE is parenthesized.
+_INSTRUCTION = re.compile(
+    r"^\s*(?:ROOT )?%(?P<name>\S+) = (?:\([^=]*?\)|\S+) (?P<opcode>[\w-]+)\((?P<operands>.*?)\)"
+    r"(?P<attrs>, .*)?$")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_LIBRARY_CALL = re.compile(r'custom_call_target="[^"]*(conv|gemm|matmul)', re.IGNORECASE)
+_SHAPING = re.compile(r"^(pad|concatenate|slice|dynamic-slice|dynamic-update-slice)$")
 
 
-def _instructions(hlo_text: str) -> dict[str, str]:
-    """HLO instruction name -> its line, for every instruction of the compiled module."""
+def _parse(hlo_text: str) -> dict[str, tuple[str, str]]:
+    """HLO instruction name -> (opcode, attributes), operands left out, for the whole module."""
     out = {}
     for line in hlo_text.splitlines():
-        m = re.match(r"\s*(?:ROOT )?%(\S+) = ", line)
+        m = _INSTRUCTION.match(line)
         if m:
-            out[m.group(1)] = line.strip()
+            out[m["name"]] = (m["opcode"], m["attrs"] or "")
     return out
+
+
+def kind_of(name: str, opcode: str, attrs: str) -> str:
+    """Kind of one instruction, from its own opcode, name and attributes (never its operands).
+
+    A library fusion (XLA CPU's YNNPACK, GPU's Triton GEMM) is a convolution or dot when the
+    JAX operation it came from is one; loop fusions are named by XLA after what they fuse.
+    """
+    op = (_OP_NAME.search(attrs) or [None, ""])[1].rsplit("/", 1)[-1]
+    if opcode in ("convolution", "dot") or _LIBRARY_CALL.search(attrs):
+        return "conv/dot"
+    if opcode == "fusion" and "kind=kLoop" not in attrs and op in ("conv_general_dilated",
+                                                                    "dot_general"):
+        return "conv/dot"
+    parts = name.rsplit(".", 1)[0].split("_") if opcode == "fusion" else [opcode]
+    if any(part in ("transpose", "copy") for part in parts):
+        return "transpose/copy"
+    if any(_SHAPING.match(part) for part in parts):
+        return "pad/concat/slice"
+    return "other"
 
 
 def _busy(intervals) -> float:
@@ -42,8 +64,9 @@ def _busy(intervals) -> float:
 def profile_step(compiled, state, args, trace_dir: Path, steps: int = 2) -> dict:
     """Run `steps` steps under the profiler; ms per step by kind of traced op, and untraced time.
 
-    Wall time not covered by any traced op is reported as `untraced`: on the CPU that is
-    mostly XLA's own (Eigen) convolutions, which the trace does not name, and runtime gaps.
+    Wall time covered by no traced op is reported as `untraced`. On the CPU that is mostly
+    XLA's own (Eigen) convolutions: their trace events cover the launch, not the work the
+    thread pool does afterwards.
     """
     state, _ = compiled(state, *args)
     jax.block_until_ready(state)
@@ -55,15 +78,13 @@ def profile_step(compiled, state, args, trace_dir: Path, steps: int = 2) -> dict
         wall = time.perf_counter() - start
     traces = sorted(trace_dir.rglob("*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
     events = json.load(gzip.open(traces[-1]))["traceEvents"]
-    ops = _instructions(compiled.as_text())
-    by_kind = {name: 0.0 for name, _ in KINDS}
+    ops = _parse(compiled.as_text())
+    by_kind = dict.fromkeys(KINDS, 0.0)
     intervals = []
     for e in events:
         if e.get("ph") != "X" or e.get("name") not in ops:
             continue
-        line = f"{e['name']} = {ops[e['name']].split(' = ', 1)[1]}"
-        kind = next(name for name, pattern in KINDS if pattern.search(line))
-        by_kind[kind] += e["dur"] / 1e3 / steps
+        by_kind[kind_of(e["name"], *ops[e["name"]])] += e["dur"] / 1e3 / steps
         intervals.append((e["ts"], e["ts"] + e["dur"]))
     wall_ms = wall * 1e3 / steps
     return {"wall_ms": wall_ms, **by_kind,

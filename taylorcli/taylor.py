@@ -266,9 +266,10 @@ def _linear(eqn, invals, linear_in=None):
 def _bilinear(eqn, a, b, order):
     """y_n = Σ_{i+j=n} B(a_i, b_j), looping over the coefficients of the lower-degree factor.
 
-    For a layer (activation of degree k) x (weight θ0 + Δ) this is 2k+1 forward passes in
-    three calls: the primal B(a_0, W0), the same for every order (XLA shares it across a
-    lockstep step); B(a_1..a_k, W0); and B(a_0..a_{k-1}, ΔW). The last call takes a_0
+    For a layer (activation of degree k, the model's order) x (weight θ0 + Δ) this is 2k+1
+    forward passes in three calls: the primal B(a_0, W0), the same for every order (XLA
+    shares it across a lockstep step); B(a_1..a_k, W0); and B(a_0..a_{k-1}, ΔW); an earlier
+    layer, of degree d < k, takes 2d+2 (B(a_0..a_d, ΔW)). The last call takes a_0
     stacked with the higher coefficients, so the weight gradient Σ_i a_i ⊗ g_{i+1} is one
     convolution over a k-times larger batch with one transposed copy of its input. Taking
     B(a_0, ΔW) apart saves one input-gradient pass that a_0 does not need, but on the CPU

@@ -13,6 +13,7 @@ _CPU_CONV = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 # XLA aborts the process on a flag it does not know, so the flag is only passed to the jaxlib
 # versions it was checked on; others keep their defaults.
 _CHECKED = ((0, 10),)
+_OFF = ("0", "false", "no", "off")
 
 
 def _jaxlib_version() -> tuple[int, int] | None:
@@ -23,10 +24,25 @@ def _jaxlib_version() -> tuple[int, int] | None:
         return None
 
 
+def _backend_started() -> bool:
+    """Whether JAX has started a backend already (XLA has read its flags; too late to add any)."""
+    try:
+        from jax._src import xla_bridge
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):  # private API: assume not, as at a normal import
+        return False
+
+
 def apply_defaults(environ=os.environ) -> str:
-    """Add taylorcli's CPU flags to XLA_FLAGS unless set already or opted out; return XLA_FLAGS."""
+    """Add taylorcli's CPU flags to XLA_FLAGS unless set already or opted out; return XLA_FLAGS.
+
+    It must run before JAX starts a backend (`import taylorcli` first); after that it leaves
+    XLA_FLAGS alone. Processes started from this one inherit the flag, as they inherit any
+    XLA_FLAGS. `TAYLORCLI_XLA_DEFAULTS=0` (or false/no/off) turns it off.
+    """
     flags = environ.get("XLA_FLAGS", "")
-    if environ.get("TAYLORCLI_XLA_DEFAULTS", "1") == "0" or _jaxlib_version() not in _CHECKED:
+    if (environ.get("TAYLORCLI_XLA_DEFAULTS", "1").strip().lower() in _OFF
+            or _jaxlib_version() not in _CHECKED or _backend_started()):
         return flags
     name = _CPU_CONV.split("=")[0]
     if name not in flags:

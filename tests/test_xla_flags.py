@@ -13,7 +13,8 @@ checked = xla_flags._jaxlib_version() in xla_flags._CHECKED
 
 
 @pytest.mark.skipif(not checked, reason="flag only passed to the jaxlib versions it was checked on")
-def test_added_beside_the_users_flags():
+def test_added_beside_the_users_flags(monkeypatch):
+    monkeypatch.setattr(xla_flags, "_backend_started", lambda: False)
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     flags = xla_flags.apply_defaults(env)
     assert flags == env["XLA_FLAGS"]
@@ -22,17 +23,28 @@ def test_added_beside_the_users_flags():
     assert xla_flags.apply_defaults(env).count(FLAG) == 1  # idempotent
 
 
-def test_users_own_setting_and_opt_out_left_alone():
+@pytest.mark.skipif(not checked, reason="flag only passed to the jaxlib versions it was checked on")
+@pytest.mark.parametrize("off", ["0", "false", "Off", "no"])
+def test_users_own_setting_and_opt_out_left_alone(off, monkeypatch):
+    # In this pytest process JAX may have started already; the subprocess test covers that.
+    monkeypatch.setattr(xla_flags, "_backend_started", lambda: False)
     env = {"XLA_FLAGS": f"{FLAG}=+individual_convolution"}
     assert xla_flags.apply_defaults(env) == f"{FLAG}=+individual_convolution"
-    env = {"TAYLORCLI_XLA_DEFAULTS": "0"}
+    env = {"TAYLORCLI_XLA_DEFAULTS": off}
     xla_flags.apply_defaults(env)
     assert "XLA_FLAGS" not in env
+    env = {"TAYLORCLI_XLA_DEFAULTS": "1"}
+    xla_flags.apply_defaults(env)
+    assert FLAG in env["XLA_FLAGS"]
 
 
 CONV_HLO = """
+import os, sys
 import jax, jax.numpy as jnp
+if sys.argv[1] == "late":
+    jax.devices()  # the backend starts before taylorcli is imported
 import taylorcli  # noqa: F401
+print(os.environ.get("XLA_FLAGS", ""))
 conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
 x, w = jnp.ones((8, 16, 16, 32)), jnp.ones((3, 3, 32, 32))
@@ -41,12 +53,18 @@ print(jax.jit(conv).lower(x, w).compile().as_text())
 
 
 @pytest.mark.skipif(not checked, reason="flag only passed to the jaxlib versions it was checked on")
-@pytest.mark.parametrize("opt_out", ["1", "0"])
-def test_cpu_convolutions_leave_ynnpack(opt_out):
-    """Importing taylorcli first keeps convolutions out of YNNPACK; opting out brings it back."""
+@pytest.mark.parametrize("opt_out,when", [("1", "first"), ("0", "first"), ("1", "late")])
+def test_cpu_convolutions_leave_ynnpack(opt_out, when):
+    """Importing taylorcli first keeps convolutions out of YNNPACK; opting out brings it back.
+
+    Imported after JAX started its backend, taylorcli leaves XLA_FLAGS as it found it.
+    """
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(JAX_PLATFORMS="cpu", TAYLORCLI_XLA_DEFAULTS=opt_out)
-    hlo = subprocess.run([sys.executable, "-c", CONV_HLO], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", CONV_HLO, when], env=env, capture_output=True,
                          text=True, check=True).stdout
+    flags, hlo = out.split("\n", 1)
+    applied = opt_out == "1" and when == "first"
+    assert (FLAG in flags) == applied
     assert "convolution" in hlo
-    assert ("__ynn_fusion" in hlo) == (opt_out == "0")
+    assert ("__ynn_fusion" in hlo) == (not applied)
