@@ -69,6 +69,7 @@ class Bench:
         self.train_x, self.train_y = jnp.asarray(x), jnp.asarray(ds.train_y)
         self.perm = jnp.arange(len(x))
         self.engine = build_engine(self.recipe, self.spec)
+        self._compiled = {}
 
     def engine_for(self, names, nested=False):
         """The lockstep engine restricted to some models."""
@@ -76,10 +77,13 @@ class Bench:
         return dataclasses.replace(self.engine, specs=specs, nested=nested)
 
     def compiled(self, engine):
-        """The engine's step compiled for this setting's shapes."""
+        """The engine's step compiled for this setting's shapes (once per engine), and a state."""
         state = init_state(engine, self.recipe, self.spec)
-        step = jax.jit(make_train_step(engine, 0), donate_argnums=0)
-        return step.lower(state, self.perm, self.train_x, self.train_y).compile(), state
+        key = (engine.names, engine.nested)
+        if key not in self._compiled:
+            step = jax.jit(make_train_step(engine, 0), donate_argnums=0)
+            self._compiled[key] = step.lower(state, self.perm, self.train_x, self.train_y).compile()
+        return self._compiled[key], state
 
     def time_step(self, engine) -> dict:
         """Median and minimum wall time of one step (compiled once, warmed up), and its FLOPs."""
@@ -125,8 +129,9 @@ def bound(order: int) -> float:
     return 5 * order / 3
 
 
-def run_setting(s: Setting, repeats: int, nested: bool = True) -> dict:
-    """Every figure of one setting."""
+def run_setting(s: Setting, repeats: int, nested: bool = True,
+                profile_dir: Path | None = None) -> dict:
+    """Every figure of one setting (and, with `profile_dir`, each order's step profiled)."""
     b = Bench(s, repeats)
     full = b.time_step(b.engine_for(["full"]))
     out = {"setting": s.label(), "full": full, "orders": {}}
@@ -152,14 +157,15 @@ def run_setting(s: Setting, repeats: int, nested: bool = True) -> dict:
         "data_s": data_s,
         "data_share": data_s / lock["min_s"],
     })
+    if profile_dir is not None:
+        out["profile"] = profile_orders(b, profile_dir, with_nested=nested)
     return out
 
 
-def profile_setting(s: Setting, trace_dir: Path, with_nested: bool = True) -> dict:
+def profile_orders(b: Bench, trace_dir: Path, with_nested: bool = True) -> dict:
     """Each order's step, Taylor mode (and nested), broken down by kind of XLA op."""
-    b = Bench(s, 1)
     out = {}
-    for k in s.orders:
+    for k in b.s.orders:
         for nested in (False, True) if with_nested else (False,):
             label = f"order {k} {'nested' if nested else 'taylorize'}"
             out[label] = b.profile(b.engine_for([f"order{k}"], nested=nested),
@@ -249,9 +255,11 @@ def main(argv=None) -> None:
         settings.append(Setting("wrn", 10 if a.quick else 16, a.wrn_width or a.width, a.wrn_widen,
                                 a.batch, a.image, orders))
     results = {"device": f"{jax.default_backend()} x{jax.device_count()}", "repeats": a.repeats,
-               "settings": [run_setting(s, a.repeats, nested=not a.no_nested) for s in settings]}
+               "settings": [run_setting(s, a.repeats, nested=not a.no_nested,
+                                        profile_dir=a.profile if i == 0 else None)
+                            for i, s in enumerate(settings)]}
     if a.profile:
-        results["profile"] = profile_setting(settings[0], a.profile, with_nested=not a.no_nested)
+        results["profile"] = results["settings"][0].pop("profile")
     if not a.no_memory:
         results["memory"] = recipe_memory()
     _render(results, Console())

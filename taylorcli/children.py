@@ -34,7 +34,9 @@ class ChildrenMetrics:
         model = build_model(recipe.model, spec.num_classes)
         apply = evaluator.engine.apply
         self.labels = np.asarray(evaluator.test_y)
-        self.n = evaluator.n
+        # The test set is padded to whole batches; padded rows are not counted.
+        self._y = jnp.pad(evaluator.test_y, (0, evaluator.test_x.shape[0] - evaluator.n))
+        self._valid = jnp.arange(evaluator.test_x.shape[0]) < evaluator.n
         self.pattern_x = evaluator.test_x[: min(pattern_examples, evaluator.n)]
 
         @jax.jit
@@ -57,11 +59,10 @@ class ChildrenMetrics:
     def line_errors(self, pa, pb) -> np.ndarray:
         """Test error at each α of the grid, for α·pa + (1−α)·pb."""
         ev, wrong = self.evaluator, 0
-        y = jnp.pad(ev.test_y, (0, ev.test_x.shape[0] - ev.n))
-        valid = jnp.arange(ev.test_x.shape[0]) < ev.n
         for i in range(0, ev.test_x.shape[0], ev.batch):
             s = slice(i, i + ev.batch)
-            wrong = wrong + np.asarray(self._errors_on_line(pa, pb, ev.test_x[s], y[s], valid[s]))
+            wrong = wrong + np.asarray(self._errors_on_line(pa, pb, ev.test_x[s], self._y[s],
+                                                            self._valid[s]))
         return wrong / ev.n
 
     def relu_distance(self, pa, pb) -> float:

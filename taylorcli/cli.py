@@ -35,6 +35,11 @@ INTERRUPTED = 130
 INPUT_ERRORS = (RecipeError, DataError, RunDirError, CheckpointError, DistributedError)
 
 
+def _wide_console() -> Console:
+    """The console for tables: itself in a terminal, 240 columns in logs (never squashed)."""
+    return console if console.is_terminal else Console(width=240)
+
+
 def _fail(message: str, code: int, kind: str = "error") -> typer.Exit:
     print(f"taylorcli: {kind}: {message}", file=sys.stderr, flush=True)
     return typer.Exit(code)
@@ -128,7 +133,7 @@ def compare(
         for note in result.notes:
             print(f"taylorcli: note: {note}", file=sys.stderr)
         return
-    wide = console if console.is_terminal else Console(width=240)  # logs: never squash
+    wide = _wide_console()
     wide.print(to_rich(result.table, f"runs side by side at epochs {epochs}"))
     for note in result.notes:
         wide.print(f"note: {note}", highlight=False)
@@ -208,7 +213,7 @@ def report(
         result = make_report(results_dir, fmt, out)
     except (ReportError, *INPUT_ERRORS) as e:
         raise _fail(str(e), BAD_INPUT) from None
-    wide = console if console.is_terminal else Console(width=240)  # logs: never squash
+    wide = _wide_console()
     for title, table in result.tables.values():
         if not table.empty:
             wide.print(to_rich(table, title))
@@ -268,7 +273,7 @@ def _print_sweep(sweep) -> None:
     from .compare import to_rich
     from .spawning import accuracy_table
 
-    wide = console if console.is_terminal else Console(width=240)  # logs: never squash
+    wide = _wide_console()
     if sweep.summary is not None and not sweep.summary.empty:
         wide.print(to_rich(accuracy_table(sweep.summary), "final test accuracy by spawn epoch"))
     if sweep.children is not None and not sweep.children.empty:

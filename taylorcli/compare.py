@@ -195,9 +195,14 @@ def model_label(order: int) -> str:
     return "FULL NN" if order == 0 else MODEL_LABELS.get(order, f"ORDER {order} (k={order})")
 
 
+def model_kind(name: str) -> str:
+    """A spawned model's name without its spawn epoch: `order1`, `order1/every10`, `child0`, `full`."""
+    return name.split("/", 1)[1] if name.startswith("spawn@") else name
+
+
 def model_display(name: str, order: int) -> str:
     """A model's row label: the paper's name, with what a spawned run adds (`child0`, `every10`)."""
-    base = name.split("/", 1)[1] if name.startswith("spawn@") else name
+    base = model_kind(name)
     if base in ("full", f"order{order}"):
         return model_label(order)
     if base.startswith(f"order{order}/"):

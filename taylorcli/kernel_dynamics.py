@@ -8,7 +8,6 @@ and the kernel velocity (distance from the previous kernel per epoch).
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from . import data as data_lib
 from .kernels import kernel_distance, ntk
-from .runs import write_atomic
+from .runs import read_step_arrays, write_step_arrays
 from .taylor import taylorize
 
 COLUMNS = ["model", "epoch", "step", "kernel_norm", "distance_from_start",
@@ -39,14 +38,16 @@ class KernelDynamics:
 
     def __init__(self, recipe, ds, engine, run_path: Path):
         self.engine = engine
-        self.n = recipe.eval.kernel_n
         self.outputs = recipe.eval.kernel_outputs
         self.block = recipe.eval.kernel_block
         self.folder = Path(run_path) / "kernels"
         self.spe = engine.steps_per_epoch
-        idx = kernel_subset(len(ds.train_y), self.n, recipe.seed)
+        idx = kernel_subset(len(ds.train_y), recipe.eval.kernel_n, recipe.seed)
         self.x = data_lib.standardize(jnp.asarray(ds.train_x[idx]), mean=ds.mean, std=ds.std)
         self._fns: dict[str, tuple] = {}
+        # (step, kernels) of the run's first and of the latest evaluation, once known.
+        self._first: tuple | None = None
+        self._previous: tuple | None = None
 
     def model_fn(self, spec, center):
         """One function object per model and expansion point, so its compiled Jacobian is reused."""
@@ -80,28 +81,38 @@ class KernelDynamics:
 
     def load(self, step: int) -> dict[str, np.ndarray]:
         """The kernels saved at `step`."""
-        with np.load(self.folder / f"step{step:08d}.npz") as saved:
-            return {k.replace("__", "/"): saved[k] for k in saved.files}
+        return read_step_arrays(self.folder, step)
 
     def __call__(self, state, step: int, epoch: float, logits: dict) -> list[dict]:
         """One row per model; the kernels are saved beside them."""
         kernels = self.kernels(state)
-        # Earlier kernels come from disk, so a resumed run measures against the same ones.
-        earlier = [s for s in self.saved_steps() if s < step]
-        first = self.load(earlier[0]) if earlier else kernels
-        previous = self.load(earlier[-1]) if earlier else None
-        buf = io.BytesIO()
-        np.savez(buf, **{k.replace("/", "__"): v for k, v in kernels.items()})
-        write_atomic(self.folder / f"step{step:08d}.npz", buf.getvalue())
+        first, previous = self._earlier(step)
+        write_step_arrays(self.folder, step, kernels)
+        self._first = first or (step, kernels)
+        self._previous = (step, kernels)
+        dt = (step - previous[0]) / self.spe if previous else np.nan
         rows = []
         for name, k in kernels.items():
-            gap = _distance(previous[name], k) if previous is not None else np.nan
-            dt = (step - earlier[-1]) / self.spe if earlier else np.nan
+            gap = _distance(previous[1][name], k) if previous else np.nan
             rows.append({"model": name, "epoch": round(epoch, 6), "step": step,
                          "kernel_norm": float(np.linalg.norm(k)),
-                         "distance_from_start": _distance(first[name], k),
-                         "distance_from_previous": gap, "velocity": gap / dt if earlier else np.nan})
+                         "distance_from_start": _distance(self._first[1][name], k),
+                         "distance_from_previous": gap, "velocity": gap / dt})
         return rows
+
+    def _earlier(self, step: int):
+        """(step, kernels) of the run's first and latest evaluations before `step`, or None.
+
+        Held in memory once this process has evaluated; read from disk before that, so a
+        resumed run measures against the same kernels.
+        """
+        if self._previous is not None and self._previous[0] < step:
+            return self._first, self._previous
+        earlier = [s for s in self.saved_steps() if s < step]
+        if not earlier:
+            return None, None
+        first = (earlier[0], self.load(earlier[0]))
+        return first, (first if len(earlier) == 1 else (earlier[-1], self.load(earlier[-1])))
 
 
 def _distance(k1, k2) -> float:

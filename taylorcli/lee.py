@@ -61,13 +61,14 @@ class ClosedFormComparison:
             self._trajectory(state)
         f_cf, loss = self.curves[step]
         labels = np.asarray(self.evaluator.test_y)
+        closed_form_acc = float(np.mean(np.argmax(f_cf, -1) == labels))
         rows = []
         for name, f in logits.items():
             f = np.asarray(f, np.float64)
             rows.append({
                 "model": name, "epoch": round(epoch, 6), "step": step,
                 "flow_time": self.times[step],
-                "closed_form_test_acc": float(np.mean(np.argmax(f_cf, -1) == labels)),
+                "closed_form_test_acc": closed_form_acc,
                 "test_acc": float(np.mean(np.argmax(f, -1) == labels)),
                 "closed_form_train_loss": loss,
                 "relative_difference": float(np.linalg.norm(f - f_cf) / np.linalg.norm(f_cf)),

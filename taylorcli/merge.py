@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from .compare import FULL, Run
-from .metrics import cos_func
+from .metrics import cos_func, cosine
 from .recipe import Recipe, recipe_to_flat
+from .runs import read_step_arrays
+from .train import model_names
 
 # Keys that may differ between the parts of one merged run: which models, where the data and
 # checkpoints live, how evaluation is batched and when; how models are placed on devices.
@@ -28,14 +29,9 @@ NOT_COMPARED = ("models", "data.data_dir", "data.archive", "eval.", "checkpoint.
                 "train.split_models")
 
 
-def all_models(recipe: Recipe) -> list[str]:
-    """Every model the recipe trains when `models` is null."""
-    return [FULL] + [f"order{k}" for k in recipe.taylor.orders]
-
-
 def is_subset(recipe: Recipe) -> bool:
     """Whether the recipe trains only part of its models (and so saves what merging needs)."""
-    return recipe.models is not None and set(recipe.models) != set(all_models(recipe))
+    return recipe.models is not None and set(recipe.models) != set(model_names(recipe.taylor.orders))
 
 
 def flat_displacement(params, theta0) -> np.ndarray:
@@ -59,20 +55,6 @@ def merge_key(recipe: Recipe) -> str:
     return repr(sorted((k, repr(v)) for k, v in flat.items() if not k.startswith(NOT_COMPARED)))
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    with np.errstate(all="ignore"):  # θ = θ0 (step 0) or a diverged model: NaN, as in training
-        return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-def _load(path: Path, key: str) -> np.ndarray | None:
-    if not path.is_file():
-        return None
-    with np.load(path) as f:
-        name = key.replace("/", "__")
-        return f[name] if name in f.files else None
-
-
 def _steps(run: Run) -> set[int]:
     return {int(s) for s in run.metrics["step"].unique()}
 
@@ -88,7 +70,8 @@ def merge_group(runs: Sequence[Run]) -> tuple[Run | None, list[str]]:
                              f"from {owner[model].name}")
             else:
                 owner[model] = run
-    shared = sorted(set.intersection(*(_steps(r) for r in runs)))
+    steps = [_steps(r) for r in runs]
+    shared = sorted(set.intersection(*steps))
     full = owner.get(FULL)
     usable, missing = [], []
     for step in shared:
@@ -102,7 +85,7 @@ def merge_group(runs: Sequence[Run]) -> tuple[Run | None, list[str]]:
     if not usable:
         return None, notes + [f"{names}: no evaluation point with saved parameters and logits "
                               f"in all of them; not merged"]
-    dropped = sorted(set.union(*(_steps(r) for r in runs)) - set(usable))
+    dropped = sorted(set.union(*steps) - set(usable))
     if dropped and len(dropped) > len(missing):
         notes.append(f"{names}: merged at the {len(usable)} evaluation points all runs share")
     if full is None:
@@ -110,21 +93,20 @@ def merge_group(runs: Sequence[Run]) -> tuple[Run | None, list[str]]:
                      f"stay empty")
     rows = []
     for step in usable:
-        disp_full = logits_full = None
-        if full is not None:
-            disp_full = _load(full.path / "params" / f"step{step:08d}.npz", FULL)
-            logits_full = _load(full.path / "logits" / f"step{step:08d}.npz", FULL)
+        if full is not None:  # each run's files read once per step
+            disp = {m: a for r in runs for m, a in read_step_arrays(r.path / "params", step).items()
+                    if owner.get(m) is r}
+            logits = {m: a for r in runs for m, a in read_step_arrays(r.path / "logits", step).items()
+                      if owner.get(m) is r}
         for model, run in owner.items():
             row = run.metrics[(run.metrics["model"] == model) & (run.metrics["step"] == step)]
             row = row.iloc[0].to_dict()
             if full is None:
                 cp = cf = math.nan
             else:
-                disp = _load(run.path / "params" / f"step{step:08d}.npz", model)
-                logits = _load(run.path / "logits" / f"step{step:08d}.npz", model)
                 # As in training: the full network against itself is 1 once it has moved.
-                cp = 1.0 if model == FULL and step != 0 else _cos(disp_full, disp)
-                cf = cos_func(logits_full, logits)
+                cp = 1.0 if model == FULL and step != 0 else cosine(disp[FULL], disp.get(model))
+                cf = cos_func(logits[FULL], logits.get(model))
             rows.append({**row, "cos_param": cp, "cos_func": cf})
     metrics = pd.DataFrame(rows, columns=runs[0].metrics.columns)
     metrics = metrics.sort_values(["step", "order"], kind="stable").reset_index(drop=True)
@@ -135,8 +117,8 @@ def merge_group(runs: Sequence[Run]) -> tuple[Run | None, list[str]]:
         layers = pd.concat(parts, ignore_index=True)
     trained = set(owner)
     recipe = runs[0].recipe
-    models = None if trained >= set(all_models(recipe)) else \
-        tuple(m for m in all_models(recipe) if m in trained)
+    models = None if trained >= set(model_names(recipe.taylor.orders)) else \
+        tuple(m for m in model_names(recipe.taylor.orders) if m in trained)
     merged = Run(runs[0].path, "+".join(r.name for r in runs),
                  dataclasses.replace(recipe, models=models), metrics, layers,
                  parts=tuple(r.path for r in runs))

@@ -37,6 +37,13 @@ def cos_func(logits_a, logits_b) -> float:
     with np.errstate(all="ignore"):  # a diverged model's logits give NaN here, by design
         a = (a - a.mean(axis=-1, keepdims=True)).ravel()
         b = (b - b.mean(axis=-1, keepdims=True)).ravel()
+    return cosine(a, b)
+
+
+def cosine(a, b) -> float:
+    """Cosine of two vectors in float64; NaN (not a warning) for a zero or non-finite one."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    with np.errstate(all="ignore"):
         return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 

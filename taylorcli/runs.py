@@ -53,6 +53,19 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def write_step_arrays(folder: Path, step: int, arrays: dict) -> None:
+    """folder/stepNNNNNNNN.npz: one array per model name ('/' stored as '__'), atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, **{k.replace("/", "__"): np.asarray(v) for k, v in arrays.items()})
+    write_atomic(Path(folder) / f"step{step:08d}.npz", buf.getvalue())
+
+
+def read_step_arrays(folder: Path, step: int) -> dict[str, np.ndarray]:
+    """The arrays `write_step_arrays` saved in folder at `step`, by model name."""
+    with np.load(Path(folder) / f"step{step:08d}.npz") as saved:
+        return {k.replace("__", "/"): saved[k] for k in saved.files}
+
+
 class RunLock:
     """An exclusive lock on a run directory, held by a live run and released by the kernel when it dies."""
 
@@ -158,15 +171,11 @@ class RunDir:
 
     def write_logits(self, step: int, logits: dict[str, np.ndarray]) -> None:
         """Test logits of every model at one evaluation point."""
-        buf = io.BytesIO()
-        np.savez(buf, **{k.replace("/", "__"): np.asarray(v) for k, v in logits.items()})
-        write_atomic(self.path / "logits" / f"step{step:08d}.npz", buf.getvalue())
+        write_step_arrays(self.path / "logits", step, logits)
 
     def write_params(self, step: int, params: dict[str, np.ndarray]) -> None:
         """Flat parameter displacements θ − θ0 of each model at one evaluation point (subset runs)."""
-        buf = io.BytesIO()
-        np.savez(buf, **{k.replace("/", "__"): np.asarray(v) for k, v in params.items()})
-        write_atomic(self.path / "params" / f"step{step:08d}.npz", buf.getvalue())
+        write_step_arrays(self.path / "params", step, params)
 
     def read_metrics(self) -> pd.DataFrame:
         """metrics.csv as a DataFrame."""

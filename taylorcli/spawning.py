@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .compare import FULL, Run, load_run, to_markdown
+from .compare import FULL, Run, load_run, model_kind, to_csv, to_markdown
 from .recipe import RecipeError
 from .runs import write_atomic
 from .spawn import parent_recipe, spawn_recipe
@@ -94,11 +94,6 @@ def spawn(parent_dir: str | Path, at: list[float], orders: list[int], *, childre
     return summarize(parent_dir, out, sweep)
 
 
-def model_kind(name: str) -> str:
-    """A spawned model's name without its spawn epoch: `order1`, `order1/every10`, `child0`, `full`."""
-    return name.split("/", 1)[1] if name.startswith("spawn@") else name
-
-
 def summary_rows(parent: Run, run: Run) -> list[dict]:
     """Final test accuracy of every model of one spawned run, with the parent's beside it."""
     final, parent_final = run.final(), parent.final()
@@ -145,11 +140,11 @@ def summarize(parent_dir: str | Path, out: str | Path, sweep: SpawnSweep | None 
     children = pd.DataFrame([row for r in runs for row in children_rows(r)],
                             columns=CHILDREN_COLUMNS)
     sweep.summary, sweep.children = summary, children
-    write_atomic(out / "spawn.csv", summary.to_csv(index=False, float_format="%.8g").encode())
+    write_atomic(out / "spawn.csv", to_csv(summary).encode())
     sweep.files.append(out / "spawn.csv")
     if not children.empty:
         write_atomic(out / "children.csv",
-                     children.to_csv(index=False, float_format="%.8g").encode())
+                     to_csv(children).encode())
         sweep.files.append(out / "children.csv")
     write_atomic(out / "spawn.md", markdown(parent, summary, children).encode())
     sweep.files.append(out / "spawn.md")

@@ -50,7 +50,7 @@ def model_specs(recipe) -> tuple[ModelSpec, ...]:
     sp = recipe.spawn
     orders = recipe.taylor.orders
     if sp.parent is None:
-        specs = (ModelSpec(FULL),) + tuple(ModelSpec(f"order{k}", k) for k in orders)
+        specs = tuple(ModelSpec(name, order_of(name)) for name in model_names(orders))
         # `models` trains a subset, with the seeds and data order of the whole recipe.
         return tuple(s for s in specs if recipe.models is None or s.name in recipe.models)
     at = f"spawn@{sp.epoch:g}/"

@@ -177,7 +177,7 @@ def _train(recipe: Recipe, run: RunDir, ds, progress, resume: bool, asked: list)
             from .split import split_models
 
             step_fn, state, evaluator = split_models(engine, recipe.seed, state, evaluator)
-        analyses = extra_analyses(recipe, ds, spec, evaluator, run, points)
+        analyses = extra_analyses(recipe, ds, spec, evaluator, run, points, schedule)
         progress.start(total, spe, engine.names, first_step=start)
         t0 = time.monotonic()
         perm, last = None, {}
@@ -240,13 +240,18 @@ def initial_state(engine, recipe: Recipe, spec, ds) -> dict:
     return spawned_state(engine, recipe, spec, ds)
 
 
-def extra_analyses(recipe: Recipe, ds, spec, evaluator, run: RunDir, points: list[int]) -> list:
+def extra_analyses(recipe: Recipe, ds, spec, evaluator, run: RunDir, points: list[int],
+                   schedule) -> list:
     """Analyses beyond metrics.csv that a recipe asks for, each writing its own table."""
     from .children import ChildrenMetrics
     from .kernel_dynamics import KernelDynamics
     from .lee import ClosedFormComparison
 
     engine = evaluator.engine
+    wanted = recipe.spawn.children >= 2 or recipe.eval.kernel_n or recipe.eval.closed_form
+    if wanted and jax.process_count() > 1:
+        raise RecipeError("eval.kernel_n, eval.closed_form and spawn children run in one "
+                          "process; run them without srun's several tasks")
     analyses = []
     # Built only when asked for: each holds data (a kernel subset, the standardized training
     # set) and compiled functions that an ordinary run should not pay for.
@@ -255,11 +260,7 @@ def extra_analyses(recipe: Recipe, ds, spec, evaluator, run: RunDir, points: lis
     if recipe.eval.kernel_n:
         analyses.append(KernelDynamics(recipe, ds, engine, run.path))
     if recipe.eval.closed_form:
-        schedule = make_schedule(recipe.optim, engine.steps_per_epoch)
         analyses.append(ClosedFormComparison(recipe, ds, engine, evaluator, points, schedule))
-    if analyses and jax.process_count() > 1:
-        raise RecipeError("eval.kernel_n, eval.closed_form and spawn children run in one "
-                          "process; run them without srun's several tasks")
     return analyses
 
 

@@ -34,8 +34,7 @@ def test_union_of_intervals():
 
 
 def test_profile_breaks_each_step_down(tmp_path):
-    s = bench.Setting("cnn", 2, 4, 1, 4, 12, (2,))
-    rows = bench.profile_setting(s, tmp_path)
+    rows = bench.profile_orders(bench.Bench(bench.Setting("cnn", 2, 4, 1, 4, 12, (2,)), 1), tmp_path)
     assert set(rows) == {"order 2 taylorize", "order 2 nested"}
     for row in rows.values():
         # Every step runs convolutions and the elementwise work around them, and the traced
