@@ -1,4 +1,8 @@
-"""The `taylorcli` command line: parse, call one function per command, print."""
+"""The `taylorcli` command line: parse, call one function per command, print.
+
+Every heavy import (JAX, pandas, orbax, matplotlib) happens inside the command that needs it,
+so `taylorcli --help` answers at once. Bad input of any kind ends with one line and exit 2.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.syntax import Syntax
-from rich.table import Table
 
-from .checkpoints import CheckpointError
-from .data import DataError
-from .distributed import DistributedError
-from .recipe import RecipeError, dump_recipe, load_recipe
-from .runs import RunDirError
+from . import __version__
+from .errors import FullDiverged, InputError, Stopped
 
 app = typer.Typer(
     help="Train a network and its order-1..K Taylorized models in lockstep, and measure how "
@@ -25,18 +23,25 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-console = Console()
 
 # Exit codes (documented in README): scripts and `sbatch --requeue` wrappers rely on them.
 BAD_INPUT = 2
 FULL_DIVERGED = 3
 STOPPED = 75  # EX_TEMPFAIL: checkpointed on SIGTERM/SIGUSR1; run the same command again
 INTERRUPTED = 130
-INPUT_ERRORS = (RecipeError, DataError, RunDirError, CheckpointError, DistributedError)
 
 
-def _wide_console() -> Console:
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _wide_console():
     """The console for tables: itself in a terminal, 240 columns in logs (never squashed)."""
+    from rich.console import Console
+
+    console = Console()
     return console if console.is_terminal else Console(width=240)
 
 
@@ -45,22 +50,49 @@ def _fail(message: str, code: int, kind: str = "error") -> typer.Exit:
     return typer.Exit(code)
 
 
+def _version(value: bool) -> None:
+    if value:
+        print(f"taylorcli {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
     """Taylorized training, from a recipe to the paper's tables."""
+
+
+@contextlib.contextmanager
+def _errors(interrupted: str = "interrupted"):
+    """Map what a command can end with to one line and its documented exit code."""
+    try:
+        yield
+    except InputError as e:
+        raise _fail(str(e), BAD_INPUT) from None
+    except Stopped as e:
+        raise _fail(str(e), STOPPED, kind="stopped") from None
+    except FullDiverged as e:
+        raise _fail(str(e), FULL_DIVERGED) from None
+    except KeyboardInterrupt:
+        raise _fail(interrupted, INTERRUPTED, kind="stopped") from None
+
+
+RESUME_NOTE = "interrupted; rerun the same command to continue from the newest checkpoint"
 
 
 @app.command()
 def train(
-    recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/digits.yaml.",
-                                  show_default=False),
+    recipe: str = typer.Argument(..., metavar="RECIPE",
+                                 help="A recipe YAML file (recipes/digits.yaml) or the name of a "
+                                      "bundled recipe (digits; see `taylorcli recipes`).",
+                                 show_default=False),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/NAME)."),
     set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
                                    help="Override a recipe field, e.g. --set optim.lr=0.01 "
                                         "(repeatable)."),
     resume: bool = typer.Option(True, "--resume/--no-resume",
                                 help="Continue the run in --out if there is one; --no-resume "
-                                     "starts it over."),
+                                     "starts it over, deleting its results and checkpoints."),
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="Validate the recipe and print its parameter count and the "
                                       "compiled step's FLOPs and memory; train nothing."),
@@ -71,24 +103,24 @@ def train(
     0 done, 2 bad input, 3 the full network diverged, 75 stopped by SIGTERM/SIGUSR1 after
     checkpointing (run the same command again to continue), 130 interrupted.
 
-    Example: taylorcli train recipes/digits.yaml --set train.epochs=5 --out runs/digits-short
+    Example: taylorcli train digits --set train.epochs=5 --out runs/digits-short
     """
-    with _training_errors("interrupted; rerun the same command to continue from the newest "
-                          "checkpoint"):
-        r = load_recipe(recipe, set_)
+    with _errors(RESUME_NOTE):
+        from .recipe import load_named_recipe
+
+        r = load_named_recipe(recipe, set_)
         if dry_run:
             _dry_run(r)
             return
-        from .distributed import initialize, is_primary, progress_for
-        from .progress import make_progress
-        from .trainer import train as run_training
+        from .api import run_training
+        from .engine import processes
+        from .run.progress import QuietProgress, make_progress
 
-        initialize()  # under srun or JAX_COORDINATOR_ADDRESS; before any other JAX use
-        result = run_training(r, str(out or Path("runs") / r.name),
-                              progress_for(lambda: make_progress(console)),
-                              resume=resume, source=str(recipe))
-    if not is_primary():
-        return  # one voice per job: process 0 reports
+        processes.initialize()  # under srun or JAX_COORDINATOR_ADDRESS; before any other JAX use
+        progress = make_progress(_console()) if processes.is_primary() else QuietProgress()
+        result = run_training(r, out, progress, resume=resume, source=recipe)
+        if not processes.is_primary():
+            return  # one voice per job: process 0 reports
     _print_final(result.final)
     for name, epoch in result.diverged.items():
         print(f"taylorcli: warning: {name} diverged (loss or parameters not finite) by epoch "
@@ -96,13 +128,36 @@ def train(
 
 
 @app.command()
+def recipes() -> None:
+    """List the recipes that ship with taylorcli, with what each one runs.
+
+    Any of them is a RECIPE for `taylorcli train` by its name; copy one to start your own.
+
+    Example: taylorcli train cnnthin --dry-run
+    """
+    from rich.table import Table
+
+    from .recipe import bundled_recipes, recipe_description
+
+    table = Table(title="bundled recipes (taylorcli train NAME)", title_justify="left")
+    table.add_column("name")
+    table.add_column("what it runs")
+    for name, path in bundled_recipes().items():
+        table.add_row(name, recipe_description(path))
+    _wide_console().print(table)
+
+
+@app.command()
 def compare(
     run_dirs: Optional[list[Path]] = typer.Argument(None, metavar="RUN_DIR",
                                                     help="Run directories (the --out of "
                                                          "`train`).", show_default=False),
-    epochs: str = typer.Option("10,80", "--epochs",
-                               help="Comma-separated epochs to show; a run that did not "
-                                    "evaluate one shows its nearest earlier epoch."),
+    epochs: Optional[str] = typer.Option(None, "--epochs",
+                                         help="Comma-separated epochs to show (default: the "
+                                              "paper table's epochs for its settings, else 10 "
+                                              "and the last); a run that did not evaluate one "
+                                              "shows its nearest earlier epoch.",
+                                         show_default=False),
     fmt: Optional[str] = typer.Option(None, "--format", metavar="md|csv",
                                       help="Write Markdown or CSV (default: md with --out, a "
                                            "terminal table without)."),
@@ -116,25 +171,23 @@ def compare(
 
     Example: taylorcli compare runs/table3_cnnthin runs/table3_cnnthick --epochs 10,80
     """
-    from .compare import ReportError, check_format, compare as compare_runs, comparison_text, \
-        to_rich, write_text
+    with _errors():
+        from .report.compare import compare as compare_runs, comparison_text
+        from .report.tables import check_format, to_rich, write_text
 
-    try:
         if fmt is not None:
             check_format(fmt)
         result = compare_runs(run_dirs or [], epochs)
         if out is not None:
             write_text(out, comparison_text(result, fmt or ("csv" if out.suffix == ".csv"
                                                             else "md")))
-    except (ReportError, *INPUT_ERRORS) as e:
-        raise _fail(str(e), BAD_INPUT) from None
     if fmt is not None and out is None:  # the table is the output; notes go beside it
         print(comparison_text(result, fmt), end="")
         for note in result.notes:
             print(f"taylorcli: note: {note}", file=sys.stderr)
         return
     wide = _wide_console()
-    wide.print(to_rich(result.table, f"runs side by side at epochs {epochs}"))
+    wide.print(to_rich(result.table, f"runs side by side at epochs {result.epochs_text}"))
     for note in result.notes:
         wide.print(f"note: {note}", highlight=False)
     if out is not None:
@@ -150,7 +203,7 @@ def spawn(
                            show_default=False),
     order: str = typer.Option("1", "--order", metavar="K[,K2,...]",
                               help="Taylor orders to spawn (1: the data-dependent NTK)."),
-    children: int = typer.Option(0, "--children", min=0,
+    children: int = typer.Option(0, "--children", min=0, max=64,
                                  help="Copies of the parent's network trained with their own "
                                       "SGD noise; with 2 or more, children.csv has their error "
                                       "barrier, function-space and ReLU-pattern distances."),
@@ -159,14 +212,14 @@ def spawn(
         help="Also train each order re-expanded every K steps (1: ordinary training, inf: never; "
              "doubling:K re-expands after K, 2K, 4K, ... steps: often early, rarely late)."),
     out: Optional[Path] = typer.Option(None, "--out", metavar="DIR",
-                                       help="Where the spawned runs go (default: RUN_DIR/spawn); "
-                                            "one run directory per spawn epoch, DIR/atE."),
+                                       help="The sweep's folder (default: RUN_DIR/spawn); one "
+                                            "run directory per spawn epoch, DIR/atE."),
     set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
                                    help="Override optim.*, eval.* or checkpoint.* of the "
                                         "spawned runs (repeatable)."),
     resume: bool = typer.Option(True, "--resume/--no-resume",
                                 help="Continue spawned runs already in DIR; --no-resume starts "
-                                     "them over."),
+                                     "them over, deleting their results and checkpoints."),
 ) -> None:
     """Taylorize the parent's network at chosen epochs and train it for the rest of the schedule.
 
@@ -177,16 +230,18 @@ def spawn(
 
     Example: taylorcli spawn runs/digits --at 0,1,2,5,10 --order 1,2 --children 2
     """
-    from .spawning import parse_list, spawn as spawn_runs
-    with _training_errors("interrupted; rerun the same command to continue"):
+    with _errors("interrupted; rerun the same command to continue"):
+        from .report.spawn_summary import summarize
+        from .run.progress import make_progress
+        from .spawn.sweep import parse_list, spawn as spawn_runs
+
         epochs = parse_list(at, "--at")
         orders = parse_list(order, "--order", int, minimum=1)
-        from .progress import make_progress
-
         sweep = spawn_runs(run_dir, epochs, orders, children=children, reexpand=reexpand_every,
-                           overrides=set_, out=out, progress=make_progress(console),
+                           overrides=set_, out=out, progress=make_progress(_console()),
                            resume=resume, source=str(run_dir))
-    _print_sweep(sweep)
+        summary = summarize(run_dir, sweep.out)
+    _print_sweep(summary)
 
 
 @app.command()
@@ -201,18 +256,16 @@ def report(
 ) -> None:
     """Regenerate the paper's Tables 1-4 and Figures 2-3 from the runs under RESULTS_DIR.
 
-    Runs map to the paper's settings by recipe name (results/paper/settings.csv); the paper's
+    Runs map to the paper's settings by recipe name (taylorcli/paper/settings.csv); the paper's
     numbers are printed beside ours. Incomplete runs and paper settings without a run are named.
 
     Example: taylorcli report runs/digits --out results/digits
     """
-    from .compare import ReportError, to_rich
-    from .report import report as make_report
+    with _errors():
+        from .report.paper_report import report as make_report
+        from .report.tables import to_rich
 
-    try:
         result = make_report(results_dir, fmt, out)
-    except (ReportError, *INPUT_ERRORS) as e:
-        raise _fail(str(e), BAD_INPUT) from None
     wide = _wide_console()
     for title, table in result.tables.values():
         if not table.empty:
@@ -223,12 +276,19 @@ def report(
 
 
 def _dry_run(r) -> None:
-    from .costs import recipe_spec, step_cost
-    from .train import build_engine
+    from rich.syntax import Syntax
+    from rich.table import Table
 
+    from .data import recipe_spec
+    from .engine.costs import check_fits, step_cost
+    from .engine.lockstep import build_engine
+    from .recipe import dump_recipe
+
+    console = _console()
     console.print(Syntax(dump_recipe(r), "yaml", theme="ansi_dark", background_color="default"))
     spec = recipe_spec(r)
     engine = build_engine(r, spec)
+    check_fits(r, spec, "--dry-run")
     console.print(f"compiling the lockstep step ({', '.join(engine.names)}) ...")
     cost = step_cost(r)
     table = Table(title=f"{r.name}: dry run ({cost.backend})", title_justify="left")
@@ -252,35 +312,18 @@ def _dry_run(r) -> None:
     console.print(table)
 
 
-@contextlib.contextmanager
-def _training_errors(interrupted: str):
-    """Map what a training run can end with to one line and its documented exit code."""
-    from .trainer import FullDiverged, Stopped
-
-    try:
-        yield
-    except INPUT_ERRORS as e:
-        raise _fail(str(e), BAD_INPUT) from None
-    except Stopped as e:
-        raise _fail(str(e), STOPPED, kind="stopped") from None
-    except FullDiverged as e:
-        raise _fail(str(e), FULL_DIVERGED) from None
-    except KeyboardInterrupt:
-        raise _fail(interrupted, INTERRUPTED, kind="stopped") from None
-
-
-def _print_sweep(sweep) -> None:
-    from .compare import to_rich
-    from .spawning import accuracy_table
+def _print_sweep(summary) -> None:
+    from .report.spawn_summary import accuracy_table
+    from .report.tables import to_rich
 
     wide = _wide_console()
-    if sweep.summary is not None and not sweep.summary.empty:
-        wide.print(to_rich(accuracy_table(sweep.summary), "final test accuracy by spawn epoch"))
-    if sweep.children is not None and not sweep.children.empty:
-        wide.print(to_rich(sweep.children, "children at the final evaluation"))
-    for note in sweep.notes:
+    if summary.summary is not None and not summary.summary.empty:
+        wide.print(to_rich(accuracy_table(summary.summary), "final test accuracy by spawn epoch"))
+    if summary.children is not None and not summary.children.empty:
+        wide.print(to_rich(summary.children, "children at the final evaluation"))
+    for note in summary.notes:
         wide.print(f"note: {note}", highlight=False)
-    wide.print(f"wrote {', '.join(str(f) for f in sweep.files)}", highlight=False)
+    wide.print(f"wrote {', '.join(str(f) for f in summary.files)}", highlight=False)
 
 
 def _gib(n: int) -> str:
@@ -288,19 +331,30 @@ def _gib(n: int) -> str:
 
 
 def _print_final(rows: list[dict]) -> None:
+    from rich.table import Table
+
     table = Table(title="final evaluation", title_justify="left")
     for col in ("model", "test_acc", "test_loss", "cos_param", "cos_func", "diverged"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for row in rows:
         table.add_row(row["model"], f"{row['test_acc']:.4f}", f"{row['test_loss']:.4f}",
                       f"{row['cos_param']:.4f}", f"{row['cos_func']:.4f}", str(row["diverged"]))
-    console.print(table)
+    _console().print(table)
 
 
 def run() -> None:
-    """The `taylorcli` console command: a usage error is one line naming the flag, exit 2."""
+    """The `taylorcli` console command: stop signals recorded from the start, the CPU
+    convolution default set before JAX starts, usage errors as one line naming the flag."""
+    from .engine import xla_flags
+    from .run import signals
+
+    signals.install()  # before anything slow: a SIGTERM during start-up still exits 75
+    xla_flags.apply_defaults()
     try:
         code = app(standalone_mode=False)
+    except KeyboardInterrupt:
+        print("taylorcli: stopped: interrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED)
     except Exception as e:  # Typer's vendored click raises its UsageError family here
         message = getattr(e, "format_message", None)
         if message is None or not hasattr(e, "exit_code"):
@@ -308,14 +362,14 @@ def run() -> None:
         if type(e).__name__ == "NoArgsIsHelpError":  # bare `taylorcli`: the help is the answer
             print(message())
             sys.exit(0)
-        print(f"taylorcli: error: {' '.join(message().split()).rstrip('.')}; see '{_command(e)} --help'",
-              file=sys.stderr)
+        print(f"taylorcli: error: {' '.join(message().split()).rstrip('.')}; see "
+              f"'{_command(e)} --help'", file=sys.stderr)
         sys.exit(e.exit_code)
     sys.exit(code or 0)
 
 
-def _command(error) -> str:
-    ctx = getattr(error, "ctx", None)
+def _command(e) -> str:
+    ctx = getattr(e, "ctx", None)
     return ctx.command_path if ctx is not None else "taylorcli"
 
 

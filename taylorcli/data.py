@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tarfile
@@ -11,6 +12,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from .errors import DataError
 
 DATASETS = ("digits", "cifar10", "cifar100", "synthetic")
 _CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -22,10 +25,6 @@ _ARCHIVES = {
     "cifar100": ("cifar-100-python", ("train",), ("test",), b"fine_labels",
                  "cifar-100-python.tar.gz"),
 }
-
-
-class DataError(Exception):
-    """Missing or unusable data; str(e) is one line saying what was looked for and how to provide it."""
 
 
 @dataclass(frozen=True)
@@ -104,17 +103,56 @@ def _rows_to_nhwc(rows: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
 
 
+# What the official CIFAR "python version" batches hold: dicts of lists, bytes and one numpy
+# array. Anything else in a pickle (a crafted archive) could run code while it loads.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("copyreg", "_reconstructor"),
+    ("builtins", "object"),
+}
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickles the plain containers and numpy arrays of a CIFAR batch, and nothing else."""
+
+    def find_class(self, module: str, name: str):
+        """Only the numpy array constructors the official batches use."""
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: not part of a CIFAR "
+                                     f"batch (only dicts, lists, strings and numpy arrays are)")
+
+
+MAX_BATCH_BYTES = 200 << 20  # the largest official batch (CIFAR-100 train) is 155 MB
+MAX_ARCHIVE_BYTES = 2 << 30  # the official tarballs are about 170 MB
+
+
+def _unpickle(f) -> dict:
+    data = f.read(MAX_BATCH_BYTES + 1)
+    if len(data) > MAX_BATCH_BYTES:
+        raise ValueError(f"larger than {MAX_BATCH_BYTES >> 20} MB")
+    batch = _DataUnpickler(io.BytesIO(data), encoding="bytes").load()
+    if not isinstance(batch, dict):
+        raise ValueError(f"a {type(batch).__name__}, not a dict")
+    return batch
+
+
 def _load_archive(name: str, archive: str) -> tuple[np.ndarray, ...]:
     folder, train_files, test_files, label_key, tarball = _ARCHIVES[name]
     path = Path(archive).expanduser()
     expected = f"expected {tarball} or its extracted {folder} folder"
     if not path.exists():
         raise DataError(f"{name} archive not found at {path}: {expected}")
+    if not path.is_dir() and not path.is_file():
+        raise DataError(f"{name} archive {path} is not a regular file: {expected}")
+    if path.is_file() and path.stat().st_size > MAX_ARCHIVE_BYTES:
+        raise DataError(f"{name} archive {path} is larger than {MAX_ARCHIVE_BYTES >> 30} GB: "
+                        f"{expected} (about 170 MB)")
 
     def parse(read, member: str) -> tuple[np.ndarray, np.ndarray]:
         try:
             with read(member) as f:
-                batch = pickle.load(f, encoding="bytes")
+                batch = _unpickle(f)
             rows = np.asarray(batch[b"data"], dtype=np.uint8)
             labels = np.asarray(batch[label_key], dtype=np.int32)
             if rows.ndim != 2 or rows.shape[1] != 3072 or len(rows) != len(labels):
@@ -230,6 +268,11 @@ def load_dataset(name: str, *, data_dir: str | None = None, archive: str | None 
                                 synthetic_test=synthetic_test)
     train_x, train_y, test_x, test_y = (np.ascontiguousarray(a[:lim]) for a, lim in zip(
         arrays, (train_limit, train_limit, test_limit, test_limit)))
+    for split, labels in (("train", train_y), ("test", test_y)):
+        if len(labels) and (labels.min() < 0 or labels.max() >= spec.num_classes):
+            raise DataError(f"{name}: {split} labels must lie in 0..{spec.num_classes - 1} "
+                            f"({spec.num_classes} classes), found {int(labels.min())}.."
+                            f"{int(labels.max())}")
     return Dataset(name, train_x, train_y.astype(np.int32), test_x, test_y.astype(np.int32),
                    spec.num_classes, spec.mean, spec.std)
 
@@ -255,3 +298,30 @@ def augment(key, images_uint8, *, pad: int, flip: bool, mean, std) -> jnp.ndarra
         mirror = jax.random.bernoulli(flip_key, 0.5, (n,))
         x = jnp.where(mirror[:, None, None, None], x[:, :, ::-1, :], x)
     return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def recipe_spec(recipe) -> DatasetSpec:
+    """The dataset's shapes, without loading it (train/test limits applied)."""
+    d = recipe.data
+    spec = dataset_spec(d.dataset, synthetic_train=d.synthetic_train,
+                        synthetic_test=d.synthetic_test)
+    train = min(spec.train_size, d.train_limit or spec.train_size)
+    test = min(spec.test_size, d.test_limit or spec.test_size)
+    return DatasetSpec(spec.name, spec.image_shape, spec.num_classes, train, test, spec.mean,
+                       spec.std)
+
+
+def load_for_recipe(recipe) -> Dataset:
+    """The dataset a recipe's data section describes (limits applied)."""
+    d = recipe.data
+    return load_dataset(d.dataset, data_dir=d.data_dir, archive=d.archive,
+                        train_limit=d.train_limit, test_limit=d.test_limit,
+                        synthetic_train=d.synthetic_train, synthetic_test=d.synthetic_test,
+                        seed=recipe.seed)
+
+
+def spec_of(ds: Dataset) -> DatasetSpec:
+    """The shapes and constants of a loaded dataset."""
+    return DatasetSpec(name=ds.name, image_shape=tuple(ds.train_x.shape[1:]),
+                       num_classes=ds.num_classes, train_size=len(ds.train_y),
+                       test_size=len(ds.test_y), mean=ds.mean, std=ds.std)

@@ -48,26 +48,26 @@ def cosine(a, b) -> float:
 
 
 def layer_paths(params) -> list[str]:
-    """The layers of a network: the modules that own parameters, as '/'-joined paths."""
-    seen = []
-    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
-        layer = "/".join(str(getattr(k, "key", k)) for k in path[:-1])
-        if layer not in seen:
-            seen.append(layer)
-    return seen
+    """The layers of a network, input to output: its top-level modules in the order they own
+    parameters (a flax `init` lists them in call order; pytree flattening would sort them)."""
+    if isinstance(params, dict) and params and all(isinstance(v, dict) for v in params.values()):
+        return [str(k) for k in params]
+    return [""]  # parameters not grouped by module: one layer
 
 
-def layer_movement(params, params0) -> tuple[jax.Array, jax.Array]:
-    """Per layer ‖θ_ℓ − θ_ℓ(0)‖_F and that distance over ‖θ_ℓ(0)‖_F, in `layer_paths` order."""
-    moved: dict[str, list] = {}
-    start: dict[str, list] = {}
+def layer_movement(params, params0, layers: list[str] | None = None) -> tuple[jax.Array, jax.Array]:
+    """Per layer ‖θ_ℓ − θ_ℓ(0)‖_F and that distance over ‖θ_ℓ(0)‖_F, in the order of `layers`
+    (default: `layer_paths(params0)`)."""
+    layers = layer_paths(params0) if layers is None else layers
+    moved: dict[str, list] = {name: [] for name in layers}
+    start: dict[str, list] = {name: [] for name in layers}
     flat0 = dict(_by_path(params0))
     for path, leaf in _by_path(params):
-        layer = path.rsplit("/", 1)[0]
-        moved.setdefault(layer, []).append(jnp.ravel(leaf - flat0[path]))
-        start.setdefault(layer, []).append(jnp.ravel(flat0[path]))
-    dist = jnp.stack([safe_norm(jnp.concatenate(v)) for v in moved.values()])
-    norm = jnp.stack([safe_norm(jnp.concatenate(v)) for v in start.values()])
+        layer = path.split("/", 1)[0] if layers != [""] else ""
+        moved[layer].append(jnp.ravel(leaf - flat0[path]))
+        start[layer].append(jnp.ravel(flat0[path]))
+    dist = jnp.stack([safe_norm(jnp.concatenate(moved[n])) for n in layers])
+    norm = jnp.stack([safe_norm(jnp.concatenate(start[n])) for n in layers])
     return dist, dist / norm
 
 

@@ -170,6 +170,23 @@ def abstract_params(model: nn.Module, image_shape) -> dict:
     return jax.eval_shape(lambda k: init_params(model, k, image_shape), jax.random.key(0))
 
 
+def layer_names(model: nn.Module, image_shape) -> list[str]:
+    """The network's top-level submodules in the order they are called (no computation).
+
+    `init` returns them in that order, but any JAX transformation of the dict sorts its keys
+    (`dense` before `dense1`, `conv10` before `conv2`), so the order is read while tracing.
+    """
+    seen: list[list[str]] = []
+
+    def trace(key):
+        params = init_params(model, key, image_shape)
+        seen.append([str(k) for k in params])
+        return 0
+
+    jax.eval_shape(trace, jax.random.key(0))
+    return seen[0]
+
+
 def count_params(params) -> int:
     """Number of scalar parameters."""
     return sum(math.prod(x.shape) for x in jax.tree.leaves(params))

@@ -1,227 +1,313 @@
-"""Recipe schema for `taylorcli train`: YAML loading, --set overrides, validation and dumping."""
+"""The recipe: its schema (pydantic), YAML files, `--set` overrides and the bundled recipes.
+
+A recipe is a frozen pydantic model. Each field's type, bounds and choices live in its
+annotation, and the one-line errors are written from them ("key optim.lr: expected a number
+> 0, got -1"); rules that span fields are model validators. Recipes are read with a safe YAML
+loader that constructs no Python objects, refuses duplicate keys, and bounds the size read.
+"""
+
+from __future__ import annotations
 
 import difflib
 import math
-import operator
-import types
-import typing
-from dataclasses import dataclass, field, fields, is_dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, get_args, get_origin
 
+import annotated_types as at
 import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, \
+    ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+from .errors import RecipeError
+
+__all__ = ["Recipe", "RecipeError", "load_recipe", "recipe_from_dict", "recipe_to_dict",
+           "recipe_to_flat", "dump_recipe", "bundled_recipes", "resolve_recipe", "KEYS"]
+
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few hundred bytes; anything near this is not one
+INT32 = 2**31 - 1  # steps and sizes live in int32 arrays on the device
 
 
-class RecipeError(ValueError):
-    """Bad recipe or override; str(e) is ONE line naming the file/key/flag and what is allowed."""
+# ---- field types: the constraint is part of the annotation, the error text is read from it ----
 
-    def __init__(self, message: str):
-        # Callers print this as a single CLI error line, so never let a newline through.
-        super().__init__(" ".join(str(message).splitlines()))
+class _Sequence:
+    """Marks a list field: 'increasing', 'distinct' (kept in order) or 'set' (distinct, sorted)."""
 
-
-def _spec(default: Any, rule: str | tuple[str, ...] | None = None, seq: str | None = None) -> Any:
-    """Dataclass field whose metadata carries its constraint: bounds like '>= 0, < 1' or a tuple of choices."""
-    return field(default=default, metadata={"rule": rule, "seq": seq})
+    def __init__(self, kind: str):
+        self.kind = kind
 
 
-@dataclass(frozen=True)
-class DataConfig:
+def _number_from_text(value: Any) -> Any:
+    if isinstance(value, str):
+        try:  # pyyaml reads `1e-3` as a string, and researchers write it that way
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _as_tuple(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, (int, float, str)):  # `decay_epochs: 5` means [5]
+        return (value,)
+    return value
+
+
+def _check_sequence(kind: str):
+    def check(value: tuple) -> tuple:
+        if kind == "increasing" and any(a >= b for a, b in zip(value, value[1:])):
+            raise PydanticCustomError("sequence", "not increasing")
+        if kind in ("distinct", "set") and len(set(value)) != len(value):
+            raise PydanticCustomError("sequence", "not distinct")
+        return tuple(sorted(value)) if kind == "set" else value
+    return check
+
+
+def Int(ge: int = 0, le: int = INT32) -> Any:
+    """An integer field within [ge, le] (booleans and floats refused)."""
+    return Annotated[int, Field(ge=ge, le=le)]
+
+
+def Num(**bounds) -> Any:
+    """A finite number field with bounds (gt/ge/lt/le); integers and '1e-3' text accepted."""
+    return Annotated[float, BeforeValidator(_number_from_text), Field(allow_inf_nan=False, **bounds)]
+
+
+def Seq(item: Any, kind: str | None = None) -> Any:
+    """A list field of `item`s (a single value counts as a list of one)."""
+    marks: list = [BeforeValidator(_as_tuple)]
+    if kind:
+        marks += [AfterValidator(_check_sequence(kind)), _Sequence(kind)]
+    return Annotated[tuple[item, ...], *marks]
+
+
+class Section(BaseModel):
+    """One recipe section: unknown keys refused, values immutable and strictly typed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# ---- the schema ----
+
+class DataConfig(Section):
     """Which dataset to load and how to augment it."""
-    dataset: str = _spec("cifar10", ("digits", "cifar10", "cifar100", "synthetic"))
-    data_dir: str | None = None  # TFDS data_dir
-    archive: str | None = None  # local CIFAR python archive (.tar.gz) or extracted folder, for offline machines
-    train_limit: int | None = _spec(None, ">= 1")
-    test_limit: int | None = _spec(None, ">= 1")
-    synthetic_train: int = _spec(512, ">= 1")
-    synthetic_test: int = _spec(256, ">= 1")
-    pad: int = _spec(4, ">= 0")
+    dataset: Literal["digits", "cifar10", "cifar100", "synthetic"] = "cifar10"
+    data_dir: Optional[str] = None  # TFDS data_dir
+    archive: Optional[str] = None  # local CIFAR python archive (.tar.gz) or extracted folder
+    train_limit: Optional[Int(1)] = None
+    test_limit: Optional[Int(1)] = None
+    synthetic_train: Int(1, 10**7) = 512
+    synthetic_test: Int(1, 10**7) = 256
+    pad: Int(0, 1024) = 4
     flip: bool = True
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Section):
     """Network architecture and parameterization."""
-    arch: str = _spec("cnn", ("cnn", "wrn", "mlp"))
-    depth: int = _spec(4, ">= 1")  # wrn additionally needs 6n+4, checked across fields
-    width: int = _spec(128, ">= 1")  # cnn: channels; wrn: first conv channels; mlp: hidden units
-    widen: int = _spec(4, ">= 1")  # wrn widening factor k
-    activation: str = _spec("relu", ("relu", "tanh", "gelu", "softplus"))
-    parameterization: str = _spec("standard", ("standard", "ntk"))
-    w_std: float = _spec(math.sqrt(2.0), "> 0")  # sigma_w; only used by the ntk parameterization
-    b_std: float = _spec(0.1, ">= 0")  # sigma_b; only used by the ntk parameterization
+    arch: Literal["cnn", "wrn", "mlp"] = "cnn"
+    depth: Int(1, 10_000) = 4  # wrn additionally needs 6n+4, checked across fields
+    width: Int(1, 1 << 20) = 128  # cnn: channels; wrn: first conv channels; mlp: hidden units
+    widen: Int(1, 1 << 10) = 4  # wrn widening factor k
+    activation: Literal["relu", "tanh", "gelu", "softplus"] = "relu"
+    parameterization: Literal["standard", "ntk"] = "standard"
+    w_std: Num(gt=0) = math.sqrt(2.0)  # sigma_w; only used by the ntk parameterization
+    b_std: Num(ge=0) = 0.1  # sigma_b; only used by the ntk parameterization
 
 
-@dataclass(frozen=True)
-class TaylorConfig:
+class TaylorConfig(Section):
     """Which Taylorized models to train alongside the network (empty: network only)."""
-    orders: tuple[int, ...] = _spec((1, 2, 3, 4), ">= 1", seq="distinct")
+    orders: Seq(Int(1, 32), "set") = (1, 2, 3, 4)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Section):
     """Training length, batch size and loss."""
-    epochs: int = _spec(10, ">= 1")
-    batch_size: int = _spec(128, ">= 1")
-    loss: str = _spec("cross_entropy", ("cross_entropy", "mse"))
+    epochs: Int(1, 10**6) = 10
+    batch_size: Int(1, 1 << 20) = 128
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
     split_models: bool = False  # each model (group) on its own local device, not replicated on all
 
 
-@dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(Section):
     """SGD settings shared by the network and every Taylorized model."""
-    lr: float = _spec(0.1, "> 0")
-    momentum: float = _spec(0.0, ">= 0, < 1")
+    lr: Num(gt=0) = 0.1
+    momentum: Num(ge=0, lt=1) = 0.0
     nesterov: bool = False
-    weight_decay: float = _spec(0.0, ">= 0")
-    grad_clip: float | None = _spec(None, "> 0")  # global-norm clipping
-    schedule: str = _spec("step", ("constant", "step"))
-    decay_epochs: tuple[int, ...] = _spec((), ">= 1", seq="increasing")  # must also be < train.epochs
-    decay_factor: float = _spec(0.1, "> 0, <= 1")
+    weight_decay: Num(ge=0) = 0.0
+    grad_clip: Optional[Num(gt=0)] = None  # global-norm clipping
+    schedule: Literal["constant", "step"] = "step"
+    decay_epochs: Seq(Int(1, 10**6), "increasing") = ()  # must also be < train.epochs
+    decay_factor: Num(gt=0, le=1) = 0.1
 
 
-@dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Section):
     """When and how to evaluate."""
-    every_epochs: int = _spec(1, ">= 1")
-    steps: tuple[int, ...] = _spec((), ">= 1", seq="increasing")  # extra early evaluations, in optimizer steps
-    batch_size: int = _spec(1000, ">= 1")
+    every_epochs: Int(1, 10**6) = 1
+    steps: Seq(Int(1), "increasing") = ()  # extra early evaluations, in optimizer steps
+    batch_size: Int(1, 1 << 20) = 1000
     save_logits: bool = True
-    kernel_n: int = _spec(0, ">= 0")  # empirical NTK of every model on this many training examples; 0: off
-    kernel_outputs: str = _spec("trace", ("trace", "full"))  # sum over logits (n x n), or n·C x n·C
-    kernel_block: int = _spec(16, ">= 1")  # examples per Jacobian block: memory ~ block·C·params floats
-    closed_form: bool = False  # Lee et al.: compare every model with the linearized MSE closed form
+    kernel_n: Int(0, 10**6) = 0  # empirical NTK of every model on this many training examples
+    kernel_outputs: Literal["trace", "full"] = "trace"  # sum over logits (n x n), or n·C x n·C
+    kernel_block: Int(1, 1 << 16) = 16  # examples per Jacobian block: memory ~ block·C·params
+    closed_form: bool = False  # Lee et al.: every model against the linearized MSE closed form
 
 
-@dataclass(frozen=True)
-class CheckpointConfig:
+class CheckpointConfig(Section):
     """When to checkpoint and which checkpoints to keep."""
-    every_epochs: int = _spec(1, ">= 1")
-    every_steps: int | None = _spec(None, ">= 1")  # also checkpoint every N optimizer steps
-    keep: int = _spec(2, ">= 1")  # newest checkpoints kept
-    keep_epochs: tuple[int, ...] = _spec((), ">= 0", seq="increasing")  # kept for spawning, never deleted
+    every_epochs: Int(1, 10**6) = 1
+    every_steps: Optional[Int(1)] = None  # also checkpoint every N optimizer steps
+    keep: Int(1, 10**6) = 2  # newest checkpoints kept
+    keep_epochs: Seq(Int(0, 10**6), "increasing") = ()  # kept for spawning, never deleted
 
 
-@dataclass(frozen=True)
-class SpawnConfig:
+class SpawnConfig(Section):
     """Where a spawned run starts: a parent run's full network at an epoch (`taylorcli spawn`)."""
-    parent: str | None = None  # the parent's run directory; null for an ordinary run
-    epoch: float = _spec(0.0, ">= 0")  # spawn point, in the parent's epochs
-    children: int = _spec(0, ">= 0")  # copies of the parent's network with their own SGD noise
-    child_seeds: tuple[int, ...] = _spec((), ">= 1", seq="distinct")  # noise streams; default 1..children
-    reexpand_every: tuple[int, ...] = _spec((), ">= 1", seq="distinct")  # re-expand each order every K steps
-    reexpand_doubling: tuple[int, ...] = _spec((), ">= 1", seq="distinct")  # intervals K, 2K, 4K, ...
+    parent: Optional[str] = None  # the parent's run directory; null for an ordinary run
+    epoch: Num(ge=0, le=10**6) = 0.0  # spawn point, in the parent's epochs
+    children: Int(0, 64) = 0  # copies of the parent's network with their own SGD noise
+    child_seeds: Seq(Int(1, 2**32 - 1), "distinct") = ()  # noise streams; default 1..children
+    reexpand_every: Seq(Int(1), "set") = ()  # re-expand each order every K steps
+    reexpand_doubling: Seq(Int(1), "set") = ()  # intervals K, 2K, 4K, ...
 
 
-@dataclass(frozen=True)
-class Recipe:
+def _rule(keys: Sequence[str], key: str, text: str) -> PydanticCustomError:
+    """A cross-field error: `key` is reported, `keys` are the settings that together broke it."""
+    return PydanticCustomError("cross_field", "{text}", {"keys": list(keys), "key": key,
+                                                         "text": text})
+
+
+class Recipe(Section):
     """A complete, validated training recipe."""
     name: str = "recipe"
-    seed: int = _spec(0, ">= 0")
-    models: tuple[str, ...] | None = _spec(None, None, seq="distinct")  # subset of full, order1..K; null: all
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    taylor: TaylorConfig = field(default_factory=TaylorConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    spawn: SpawnConfig = field(default_factory=SpawnConfig)
+    seed: Int(0, 2**32 - 1) = 0
+    models: Optional[Seq(str, "set")] = None  # subset of full, order1..K; null: all
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    taylor: TaylorConfig = TaylorConfig()
+    train: TrainConfig = TrainConfig()
+    optim: OptimConfig = OptimConfig()
+    eval: EvalConfig = EvalConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    spawn: SpawnConfig = SpawnConfig()
+
+    @model_validator(mode="after")
+    def _across_fields(self) -> "Recipe":
+        epochs = self.train.epochs
+        if any(e >= epochs for e in self.optim.decay_epochs):
+            raise _rule(("optim.decay_epochs", "train.epochs"), "optim.decay_epochs",
+                        f"expected epochs < train.epochs ({epochs}), got "
+                        f"{list(self.optim.decay_epochs)}")
+        if any(e > epochs for e in self.checkpoint.keep_epochs):
+            raise _rule(("checkpoint.keep_epochs", "train.epochs"), "checkpoint.keep_epochs",
+                        f"expected epochs <= train.epochs ({epochs}), got "
+                        f"{list(self.checkpoint.keep_epochs)}")
+        if self.models is not None:
+            allowed = ["full"] + [f"order{k}" for k in self.taylor.orders]
+            if not self.models or any(m not in allowed for m in self.models):
+                raise _rule(("models", "taylor.orders"), "models",
+                            f"expected a non-empty list of distinct names from "
+                            f"{', '.join(allowed)} (full and taylor.orders), or null for all, "
+                            f"got {list(self.models)}")
+            if not self.eval.save_logits:
+                raise _rule(("models", "eval.save_logits"), "eval.save_logits",
+                            "expected true with models (report and compare merge subset runs "
+                            "from their saved logits), got false")
+        if self.eval.closed_form:
+            needs = {"train.loss": (self.train.loss, "mse"), "optim.momentum": (self.optim.momentum, 0),
+                     "optim.weight_decay": (self.optim.weight_decay, 0),
+                     "optim.grad_clip": (self.optim.grad_clip, None),
+                     "data.pad": (self.data.pad, 0), "data.flip": (self.data.flip, False)}
+            for key, (value, wanted) in needs.items():
+                if value != wanted:
+                    text = yaml.safe_dump(wanted).splitlines()[0]  # null, false, 0, mse
+                    raise _rule((key, "eval.closed_form"), key,
+                                f"eval.closed_form (gradient flow on MSE, in closed form) needs "
+                                f"{key}: {text}, got {value!r}")
+        sp = self.spawn
+        if self.train.split_models and (sp.children or sp.reexpand_every or sp.reexpand_doubling):
+            raise _rule(("train.split_models",), "train.split_models",
+                        "spawned children and re-expanding models train in lockstep only; "
+                        "expected false, got true")
+        if sp.child_seeds and len(sp.child_seeds) != sp.children:
+            raise _rule(("spawn.child_seeds", "spawn.children"), "spawn.child_seeds",
+                        f"expected {sp.children} seeds (one per child) or [], got "
+                        f"{list(sp.child_seeds)}")
+        if sp.parent is not None and sp.epoch > epochs:
+            raise _rule(("spawn.epoch", "train.epochs"), "spawn.epoch",
+                        f"expected at most train.epochs ({epochs}), got {sp.epoch:g}")
+        depth = self.model.depth
+        if self.model.arch == "wrn" and (depth < 10 or (depth - 4) % 6):
+            raise _rule(("model.depth", "model.arch"), "model.depth",
+                        f"expected 6n+4 with n >= 1 (10, 16, 22, ...) for arch wrn, got {depth}")
+        return self
 
 
-SECTIONS = {f.name: f.type for f in fields(Recipe) if is_dataclass(f.type)}
-_TOP = {f.name: f for f in fields(Recipe)}
-_FIELDS = _TOP | {f"{s}.{f.name}": f for s, cls in SECTIONS.items() for f in fields(cls)}
+SECTIONS: dict[str, type[Section]] = {
+    name: f.annotation for name, f in Recipe.model_fields.items()
+    if isinstance(f.annotation, type) and issubclass(f.annotation, Section)}
+_TOP = list(Recipe.model_fields)
+_FIELDS = {name: f for name, f in Recipe.model_fields.items()} | {
+    f"{s}.{name}": f for s, cls in SECTIONS.items() for name, f in cls.model_fields.items()}
 KEYS = [k for k in _FIELDS if k not in SECTIONS]  # every settable dotted key, in schema order
-_OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
-_NOUNS = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings"),
-          bool: ("true or false", "booleans")}
-_BAD = object()
 
 
-def _shape(tp: Any) -> tuple[type, bool, bool]:
-    """Split an annotation into (element type, optional, is_tuple)."""
-    args = typing.get_args(tp)
-    optional = typing.get_origin(tp) in (types.UnionType, typing.Union) and type(None) in args
-    if optional:
-        tp = next(a for a in args if a is not type(None))
-    if typing.get_origin(tp) is tuple:
-        return typing.get_args(tp)[0], optional, True
-    return tp, optional, False
+# ---- what a field accepts, in words, read from its annotation ----
+
+_NOUNS = {int: ("an integer", "integers"), float: ("a number", "numbers"),
+          str: ("a string", "strings"), bool: ("true or false", "booleans")}
+_BOUNDS = ((at.Ge, "ge", ">="), (at.Gt, "gt", ">"), (at.Le, "le", "<="), (at.Lt, "lt", "<"))
 
 
-def _bounds(rule: Any) -> list[tuple[str, float]]:
-    """Parse '>= 0, < 1' into [('>=', 0.0), ('<', 1.0)]."""
-    if not isinstance(rule, str):
-        return []
-    return [(op, float(num)) for op, num in (part.split() for part in rule.split(","))]
+def _unwrap(tp: Any) -> tuple[Any, list, bool]:
+    """An annotation without its Annotated/Optional wrappers, their metadata, and whether None is allowed."""
+    meta: list = []
+    optional = False
+    while True:
+        if get_origin(tp) is Annotated:
+            tp, *more = get_args(tp)
+            meta += more
+        elif get_origin(tp) is not None and type(None) in get_args(tp):
+            tp = next(a for a in get_args(tp) if a is not type(None))
+            optional = True
+        else:
+            return tp, meta, optional
+
+
+def _limits(meta: list) -> str:
+    parts = []
+    for m in meta:
+        for item in getattr(m, "metadata", [m]):  # Field(...) carries its bounds inside
+            for cls, attr, op in _BOUNDS:
+                if isinstance(item, cls):
+                    value = getattr(item, attr)
+                    parts.append(f"{op} {value}" if isinstance(value, int) else f"{op} {value:g}")
+    return " and ".join(parts)
 
 
 def _expected(key: str) -> str:
-    """Human description of what `key` accepts, e.g. 'a number >= 0 and < 1'."""
-    f = _FIELDS[key]
-    base, optional, is_seq = _shape(f.type)
-    rule, seq = f.metadata.get("rule"), f.metadata.get("seq")
-    if isinstance(rule, tuple):
-        text = "one of " + ", ".join(rule)
+    """Human description of what dotted `key` accepts, e.g. 'a number >= 0 and < 1'."""
+    info = _FIELDS[key]
+    tp, meta, optional = _unwrap(info.annotation)
+    meta += info.metadata
+    seq = next((m.kind for m in meta if isinstance(m, _Sequence)), None)
+    if get_origin(tp) is tuple:
+        item, item_meta, _ = _unwrap(get_args(tp)[0])
+        text = f"{_NOUNS[item][1]} {_limits(item_meta)}".strip()
+        text = {"increasing": "a strictly increasing list of ", "distinct": "a list of distinct ",
+                "set": "a list of distinct "}.get(seq, "a list of ") + text
+    elif get_origin(tp) is Literal:
+        text = "one of " + ", ".join(map(str, get_args(tp)))
     else:
-        limits = " and ".join(f"{op} {num:g}" for op, num in _bounds(rule))
-        one, many = _NOUNS[base]
-        text = f"{many if is_seq else one} {limits}".strip()
-        if is_seq:
-            text = {"increasing": "a strictly increasing list of ", "distinct": "a list of distinct "}.get(
-                seq, "a list of ") + text
+        text = f"{_NOUNS[tp][0]} {_limits(meta)}".strip()
     return text + (" or null" if optional else "")
-
-
-def _scalar(base: type, rule: Any, value: Any) -> Any:
-    """Convert one value to `base` and check its rule; _BAD when it does not fit."""
-    if base is float and isinstance(value, str):
-        try:  # pyyaml reads `1e-3` as a string, and researchers write it that way
-            value = float(value)
-        except ValueError:
-            return _BAD
-    if base is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, base) and (base is bool or not isinstance(value, bool))
-    if not ok:
-        return _BAD
-    if isinstance(rule, tuple):
-        return value if value in rule else _BAD
-    return value if all(_OPS[op](value, num) for op, num in _bounds(rule)) else _BAD
-
-
-def _convert(key: str, value: Any, where: str) -> Any:
-    """Validate and convert the raw value of dotted `key`, raising RecipeError prefixed with `where`."""
-    f = _FIELDS[key]
-    base, optional, is_seq = _shape(f.type)
-    rule, seq = f.metadata.get("rule"), f.metadata.get("seq")
-    if value is None and optional:
-        return None
-    if not is_seq:
-        out = _scalar(base, rule, value)
-    else:
-        items = list(value) if isinstance(value, (list, tuple)) else [value]
-        out = [_scalar(base, rule, v) for v in items]
-        if value is None or isinstance(value, dict) or any(v is _BAD for v in out):
-            out = _BAD
-        elif seq == "increasing" and any(a >= b for a, b in zip(out, out[1:])):
-            out = _BAD
-        elif seq == "distinct":
-            out = tuple(sorted(out)) if len(set(out)) == len(out) else _BAD
-        out = out if out is _BAD else tuple(out)
-    if out is _BAD:
-        raise RecipeError(f"{where}: key {key}: expected {_expected(key)}, got {value!r}")
-    return out
 
 
 def _unknown(where: str, key: str) -> RecipeError:
     """Error for an unknown dotted key, with a close valid key as a hint when there is one."""
     section, dot, rest = key.partition(".")
     if dot and section in SECTIONS:
-        names = {f.name: f"{section}.{f.name}" for f in fields(SECTIONS[section])}
+        names = {n: f"{section}.{n}" for n in SECTIONS[section].model_fields}
         close = difflib.get_close_matches(rest, list(names), n=1)
     else:
         names = {k: k for k in _TOP}
@@ -233,6 +319,44 @@ def _unknown(where: str, key: str) -> RecipeError:
     return RecipeError(f"{where}: unknown key '{key}'{hint}")
 
 
+# ---- reading: YAML text, --set overrides, validation ----
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader (no Python objects) that refuses a key written twice in one mapping."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line + 1)
+        except TypeError:  # an unhashable key (a list as a key): SafeLoader says so itself
+            continue
+        if first != key_node.start_mark.line + 1:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key '{key}' appears twice (lines {first} and "
+                f"{key_node.start_mark.line + 1})", key_node.start_mark)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text to builtins (safe, duplicate keys refused), or one line naming `source`."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise RecipeError(f"{source}: not valid YAML{where}: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{source}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise RecipeError(f"{source}: not valid YAML: nested too deeply for a recipe") from None
+
+
 def _parse_override(text: str) -> tuple[str, Any]:
     """Split and check one `--set a.b=value` string into (dotted key, parsed value)."""
     where = f"--set {text}"
@@ -241,38 +365,47 @@ def _parse_override(text: str) -> tuple[str, Any]:
     if not eq or not key:
         raise RecipeError(f"{where}: expected key=value")
     if key in SECTIONS:
-        example = fields(SECTIONS[key])[0].name
-        raise RecipeError(f"{where}: '{key}' is a section, not a value; set one of its keys, e.g. {key}.{example}=...")
+        example = next(iter(SECTIONS[key].model_fields))
+        raise RecipeError(f"{where}: '{key}' is a section, not a value; set one of its keys, "
+                          f"e.g. {key}.{example}=...")
     if key not in _FIELDS:
         raise _unknown(where, key)
-    try:
-        return key, yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{where}: value is not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    return key, parse_yaml(raw, where) if raw.strip() else None
 
 
-def recipe_from_dict(raw: dict, source: str = "<recipe>", overrides: Sequence[str] = ()) -> Recipe:
-    """Validate a raw nested dict (plus `--set` overrides) into a Recipe."""
+def _structure(raw: Any, source: str) -> dict:
+    """Check the recipe's shape (a mapping of sections, known keys); a copy safe to edit."""
     if raw is None:
-        raise RecipeError(f"{source}: recipe is empty; expected a mapping of sections ({', '.join(SECTIONS)})")
+        raise RecipeError(f"{source}: recipe is empty; expected a mapping of sections "
+                          f"({', '.join(SECTIONS)})")
     if not isinstance(raw, dict):
-        raise RecipeError(f"{source}: top level must be a mapping of sections, got {type(raw).__name__}")
+        raise RecipeError(f"{source}: top level must be a mapping of sections, got "
+                          f"{type(raw).__name__}")
     raw = dict(raw)
     for key in raw:
-        if key in _FIELDS and key not in _TOP:  # dotted paths are --set syntax, not YAML nesting
+        if key in _FIELDS and key not in _TOP:  # dotted paths are --set syntax, not nesting
             section, _, leaf = key.partition(".")
-            raise RecipeError(f"{source}: unknown key '{key}' (write it nested: '{section}:' then '  {leaf}: ...')")
+            raise RecipeError(f"{source}: unknown key '{key}' (write it nested: '{section}:' "
+                              f"then '  {leaf}: ...')")
         if key not in _TOP:
             raise _unknown(source, str(key))
     for name in SECTIONS:
-        section = {} if raw.get(name) is None else raw[name]  # `data:` with every line commented out
+        section = {} if raw.get(name) is None else raw[name]  # every line commented out
         if not isinstance(section, dict):
-            raise RecipeError(f"{source}: key {name}: expected a mapping of {name}.* keys, got {section!r}")
+            raise RecipeError(f"{source}: key {name}: expected a mapping of {name}.* keys, "
+                              f"got {section!r}")
         for key in section:
             if f"{name}.{key}" not in _FIELDS:
                 raise _unknown(source, f"{name}.{key}")
         raw[name] = dict(section)
-    origin: dict[str, str] = {}  # dotted key -> the --set flag that last set it, most recent last
+    return raw
+
+
+def recipe_from_dict(raw: Mapping | None, source: str = "<recipe>",
+                     overrides: Sequence[str] = ()) -> Recipe:
+    """Validate a raw nested dict (plus `--set` overrides) into a Recipe."""
+    raw = _structure(raw, source)
+    origin: dict[str, str] = {}  # dotted key -> the --set flag that last set it
     for text in overrides:
         key, value = _parse_override(text)
         section, dot, leaf = key.partition(".")
@@ -287,93 +420,112 @@ def recipe_from_dict(raw: dict, source: str = "<recipe>", overrides: Sequence[st
         flags = [flag for key, flag in origin.items() if key in keys]
         return flags[-1] if flags else source
 
-    def convert(keys: dict, prefix: str) -> dict:
-        return {k: _convert(prefix + k, v, where(prefix + k)) for k, v in keys.items()}
-
-    top = convert({k: v for k, v in raw.items() if k not in SECTIONS}, "")
-    recipe = Recipe(**top, **{name: cls(**convert(raw[name], f"{name}.")) for name, cls in SECTIONS.items()})
-
-    if any(e >= recipe.train.epochs for e in recipe.optim.decay_epochs):
-        raise RecipeError(f"{where('optim.decay_epochs', 'train.epochs')}: key optim.decay_epochs: expected epochs "
-                          f"< train.epochs ({recipe.train.epochs}), got {list(recipe.optim.decay_epochs)}")
-    if any(e > recipe.train.epochs for e in recipe.checkpoint.keep_epochs):
-        raise RecipeError(f"{where('checkpoint.keep_epochs', 'train.epochs')}: key checkpoint.keep_epochs: expected "
-                          f"epochs <= train.epochs ({recipe.train.epochs}), got {list(recipe.checkpoint.keep_epochs)}")
-    if recipe.models is not None:
-        _check_models(recipe, where("models", "taylor.orders", "eval.save_logits"))
-    if recipe.eval.closed_form:
-        needs = {"train.loss": (recipe.train.loss, "mse"), "optim.momentum": (recipe.optim.momentum, 0),
-                 "optim.weight_decay": (recipe.optim.weight_decay, 0),
-                 "optim.grad_clip": (recipe.optim.grad_clip, None), "data.pad": (recipe.data.pad, 0),
-                 "data.flip": (recipe.data.flip, False)}
-        for key, (value, wanted) in needs.items():
-            if value != wanted or type(value) is not type(wanted) and isinstance(wanted, bool):
-                text = yaml.safe_dump(wanted).splitlines()[0]  # null, false, 0, mse: as in YAML
-                raise RecipeError(f"{where(key, 'eval.closed_form')}: key {key}: eval.closed_form (gradient "
-                                  f"flow on MSE, in closed form) needs {key}: {text}, got {value!r}")
-    sp = recipe.spawn
-    if recipe.train.split_models and (sp.children or sp.reexpand_every or sp.reexpand_doubling):
-        raise RecipeError(f"{where('train.split_models')}: key train.split_models: spawned children "
-                          f"and re-expanding models train in lockstep only; expected false, got true")
-    if sp.child_seeds and len(sp.child_seeds) != sp.children:
-        raise RecipeError(f"{where('spawn.child_seeds', 'spawn.children')}: key spawn.child_seeds: expected "
-                          f"{sp.children} seeds (one per child) or [], got {list(sp.child_seeds)}")
-    if sp.parent is not None and sp.epoch > recipe.train.epochs:
-        raise RecipeError(f"{where('spawn.epoch', 'train.epochs')}: key spawn.epoch: expected at most "
-                          f"train.epochs ({recipe.train.epochs}), got {sp.epoch:g}")
-    depth = recipe.model.depth
-    if recipe.model.arch == "wrn" and (depth < 10 or (depth - 4) % 6):
-        raise RecipeError(f"{where('model.depth', 'model.arch')}: key model.depth: expected 6n+4 with n >= 1 "
-                          f"(10, 16, 22, ...) for arch wrn, got {depth}")
-    return recipe
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise _first_error(e, raw, where) from None
 
 
-def _check_models(recipe: Recipe, where: str) -> None:
-    """A `models` subset names models the recipe trains, and keeps what merging its runs needs."""
-    allowed = ["full"] + [f"order{k}" for k in recipe.taylor.orders]
-    if not recipe.models or any(m not in allowed for m in recipe.models):
-        raise RecipeError(f"{where}: key models: expected a non-empty list of distinct names from "
-                          f"{', '.join(allowed)} (full and taylor.orders), or null for all, got "
-                          f"{list(recipe.models)}")
-    if not recipe.eval.save_logits:
-        raise RecipeError(f"{where}: key eval.save_logits: expected true with models (report and "
-                          f"compare merge subset runs from their saved logits), got false")
+def _first_error(error: ValidationError, raw: dict, where) -> RecipeError:
+    """The first of pydantic's errors as one line naming the key, in schema order."""
+    e = error.errors()[0]
+    if e["type"] == "cross_field":
+        ctx = e["ctx"]
+        return RecipeError(f"{where(*ctx['keys'])}: key {ctx['key']}: {ctx['text']}")
+    loc = [str(part) for part in e["loc"] if isinstance(part, str)]
+    key = ".".join(loc[:2]) if loc and loc[0] in SECTIONS else loc[0] if loc else "recipe"
+    if key not in _FIELDS:  # cannot happen after _structure; say what pydantic said
+        return RecipeError(f"{where(key)}: key {key}: {e['msg']}")
+    section, dot, leaf = key.partition(".")
+    value = raw[section].get(leaf) if dot else raw.get(key)
+    return RecipeError(f"{where(key)}: key {key}: expected {_expected(key)}, got {value!r}")
+
+
+def _read_text(path: Path, source: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_RECIPE_BYTES + 1)
+    except FileNotFoundError:
+        raise RecipeError(f"{source}: no such file") from None
+    except IsADirectoryError:
+        raise RecipeError(f"{source}: is a directory, not a recipe file") from None
+    except OSError as e:
+        raise RecipeError(f"{source}: cannot read ({e.strerror or e})") from None
+    if len(data) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{source}: larger than {MAX_RECIPE_BYTES // 1024} KiB; expected a "
+                          f"recipe (a few hundred bytes of YAML)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(f"{source}: not UTF-8 text") from None
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Read a recipe YAML file, apply `--set` overrides and validate it."""
     path = Path(path)
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError(f"{source}: no such file") from None
-    except UnicodeDecodeError:
-        raise RecipeError(f"{source}: not UTF-8 text") from None
-    except OSError as e:
-        raise RecipeError(f"{source}: cannot read ({e.strerror or e})") from None
-    try:
-        raw = yaml.safe_load(text)  # safe_load: a recipe must never construct Python objects
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise RecipeError(f"{source}: not valid YAML{at}: {e.problem or e.context}") from None
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{source}: not valid YAML: {e}") from None
+    raw = parse_yaml(_read_text(path, source), source)
     if isinstance(raw, dict) and "name" not in raw:
         raw = {"name": path.stem, **raw}
     return recipe_from_dict(raw, source, overrides)
 
 
+# ---- bundled recipes: shipped in the package (taylorcli.recipes, the checkout's recipes/) ----
+
+def bundled_recipes() -> dict[str, Any]:
+    """Name -> file of every recipe that ships with taylorcli, sorted by name."""
+    folder = resources.files("taylorcli.recipes")
+    found = {p.name[:-5]: p for p in folder.iterdir() if p.name.endswith(".yaml")}
+    return dict(sorted(found.items()))
+
+
+def recipe_description(path: Any) -> str:
+    """A recipe's one-line description: the first line of its opening comment."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#") and line.lstrip("#").strip():
+            return line.lstrip("#").strip()
+        if line.strip() and not line.startswith("#"):
+            break
+    return "(no description)"
+
+
+def resolve_recipe(recipe: str | Path) -> Path | Any:
+    """A recipe argument as a file: a YAML path, or the name of a bundled recipe."""
+    path = Path(recipe)
+    if path.exists() or path.suffix in (".yaml", ".yml") or "/" in str(recipe):
+        return path  # load_recipe says what is wrong with it
+    bundled = bundled_recipes()
+    if str(recipe) in bundled:
+        return bundled[str(recipe)]
+    close = difflib.get_close_matches(str(recipe), list(bundled), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise RecipeError(f"RECIPE {recipe}: no such file, and no bundled recipe of that "
+                      f"name{hint}; bundled: {', '.join(bundled)} (see `taylorcli recipes`)")
+
+
+def load_named_recipe(recipe: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """`load_recipe` for a path or a bundled recipe's name."""
+    found = resolve_recipe(recipe)
+    if isinstance(found, Path):
+        return load_recipe(found, overrides)
+    source = f"{recipe} (bundled recipe)"
+    raw = parse_yaml(found.read_text(encoding="utf-8"), source)
+    if isinstance(raw, dict) and "name" not in raw:
+        raw = {"name": str(recipe), **raw}
+    return recipe_from_dict(raw, source, overrides)
+
+
+# ---- writing ----
+
 def recipe_to_dict(recipe: Recipe) -> dict:
     """Plain nested dict of builtins (tuples as lists) that round-trips through recipe_from_dict."""
 
     def plain(obj: Any) -> Any:
-        if is_dataclass(obj):
-            return {f.name: plain(getattr(obj, f.name)) for f in fields(obj)}
-        return [plain(x) for x in obj] if isinstance(obj, tuple) else obj
+        if isinstance(obj, dict):
+            return {k: plain(v) for k, v in obj.items()}
+        return [plain(x) for x in obj] if isinstance(obj, (tuple, list)) else obj
 
-    return plain(recipe)
+    return plain(recipe.model_dump())
 
 
 def recipe_to_flat(recipe: Recipe) -> dict:
@@ -387,9 +539,15 @@ class _Dumper(yaml.SafeDumper):
     """SafeDumper that writes lists inline (`orders: [1, 2, 3, 4]`) but sections as blocks."""
 
 
-_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v,
+                                                                flow_style=True))
 
 
 def dump_recipe(recipe: Recipe) -> str:
     """YAML text of a recipe, sections in schema order."""
     return yaml.dump(recipe_to_dict(recipe), Dumper=_Dumper, sort_keys=False)
+
+
+def replace(recipe: Recipe, **changes: Any) -> Recipe:
+    """A copy of `recipe` with top-level fields changed, validated again."""
+    return Recipe.model_validate({**recipe.model_dump(), **changes})

@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 
 from taylorcli.data import standardize
-from taylorcli.kernel_dynamics import kernel_subset
-from taylorcli.progress import PlainProgress
+from taylorcli.analyses.kernel_dynamics import kernel_subset
+from taylorcli.run.progress import PlainProgress
 from taylorcli.recipe import RecipeError
-from taylorcli.train import build_engine, init_state
-from taylorcli.trainer import load_data, spec_of, train
+from taylorcli.engine.lockstep import build_engine, init_state
+from taylorcli.api import run_training as train
+from taylorcli.data import load_for_recipe as load_data, spec_of
 
 KERNELS = ("eval.kernel_n=6", "eval.kernel_block=4", "eval.kernel_outputs=full")
 # Lee et al.'s setting, small: MSE, plain full-batch gradient descent, no augmentation.
@@ -102,7 +103,7 @@ def test_closed_form_refuses_settings_it_does_not_describe(tiny_recipe, bad, key
 
 
 def test_report_draws_the_analyses(tmp_path, tiny_recipe):
-    from taylorcli.report import report
+    from taylorcli.report.paper_report import report
 
     train(tiny_recipe(*KERNELS, "eval.kernel_outputs=trace"), str(tmp_path / "runs" / "k"), quiet())
     made = report(tmp_path / "runs", "md", tmp_path / "out")

@@ -2,8 +2,8 @@
 
 import json
 
-from taylorcli import bench
-from taylorcli.costs import compiled_flops
+from taylorcli.bench import benchmark as bench
+from taylorcli.engine.costs import compiled_flops
 
 
 def test_bench_writes_every_figure(tmp_path):
@@ -27,7 +27,7 @@ def test_taylor_mode_needs_fewer_flops_than_nested_jvps_at_order_3():
 
 
 def test_union_of_intervals():
-    from taylorcli.step_profile import _busy
+    from taylorcli.bench.step_profile import _busy
     assert _busy([]) == 0
     assert _busy([(0, 2), (1, 3), (5, 6), (5.5, 5.7)]) == 4
     assert _busy([(4, 9), (0, 1), (2, 3)]) == 7
@@ -59,7 +59,7 @@ HLO = """
 
 
 def test_ops_classified_by_their_own_opcode_not_their_operands():
-    from taylorcli.step_profile import _parse, kind_of
+    from taylorcli.bench.step_profile import _parse, kind_of
     ops = _parse(HLO)
     kinds = {name: kind_of(name, *ops[name]) for name in ops}
     assert kinds == {

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from taylorcli.closed_form import closed_form_outputs, closed_form_trajectory
-from taylorcli.kernels import ntk
+from taylorcli.analyses.closed_form import closed_form_outputs, closed_form_trajectory
+from taylorcli.analyses.ntk import ntk
 from taylorcli.models import MLP
 from taylorcli.taylor import taylorize
 

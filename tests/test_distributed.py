@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from conftest import TINY
-from taylorcli.distributed import DistributedError, launch_settings
+from taylorcli.engine.processes import launch_settings
+from taylorcli.errors import DistributedError
 
 RECIPE = {**TINY, "name": "multi", "optim": {**TINY["optim"], "lr": 0.5}}
 COLUMNS = ["train_loss", "train_acc", "test_loss", "test_acc", "cos_param", "cos_func"]

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from taylorcli.kernels import kernel_distance, kernel_velocity, ntk
+from taylorcli.analyses.ntk import kernel_distance, kernel_velocity, ntk
 from taylorcli.models import CNN, MLP
 from taylorcli.taylor import taylorize
 

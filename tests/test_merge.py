@@ -9,12 +9,13 @@ import pytest
 from typer.testing import CliRunner
 
 from taylorcli.cli import app
-from taylorcli.compare import compare, load_run
-from taylorcli.merge import merge_runs
-from taylorcli.progress import PlainProgress
+from taylorcli.report.compare import compare
+from taylorcli.run.directory import load_run
+from taylorcli.report.merge import merge_runs
+from taylorcli.run.progress import PlainProgress
 from taylorcli.recipe import RecipeError
-from taylorcli.report import build_report
-from taylorcli.trainer import train
+from taylorcli.report.paper_report import build_report
+from taylorcli.api import run_training as train
 
 # Large enough a step that the orders visibly part from the full network (cos_param ~0.98).
 LR = "optim.lr=0.5"
@@ -75,7 +76,7 @@ def test_compare_merges_subset_runs_like_lockstep(runs):
 def test_merge_recomputes_from_files_not_from_the_parts_tables(runs):
     merged, notes = merge_runs([load_run(runs["full_only"]), load_run(runs["orders"])])
     (run,) = merged
-    assert run.recipe.models is None and len(run.parts) == 2
+    assert run.config.models is None and run.recipe["models"] is None and len(run.parts) == 2
     lock = load_run(runs["lockstep"]).metrics
     got = run.metrics
     assert got[["model", "step"]].equals(lock[["model", "step"]])

@@ -6,7 +6,7 @@ import pytest
 
 from taylorcli.metrics import cos_func, cos_param, layer_movement, layer_paths, loss_and_accuracy
 from taylorcli.models import CNN, abstract_params
-from taylorcli.train import make_loss
+from taylorcli.engine.optimizer import make_loss
 
 
 def tree(rng, scale=1.0):
@@ -181,12 +181,13 @@ def test_layer_paths_and_movement_on_cnn_params():
     assert dist[0] < dist[1] < dist[2]
 
 
-def test_layer_movement_nested_modules_and_zero():
+def test_layer_movement_groups_nested_modules_by_top_level_module_in_call_order():
     rng = np.random.default_rng(9)
+    # Insertion order is call order (as flax's init returns it): head is called last.
     p0 = f32({"block1": {"conv": {"kernel": rng.normal(size=(3, 3, 2, 2)), "bias": rng.normal(size=2)},
                          "shortcut": {"kernel": rng.normal(size=(3, 3, 2, 2)), "bias": rng.normal(size=2)}},
               "head": {"kernel": rng.normal(size=(2, 3)), "bias": rng.normal(size=3)}})
-    assert layer_paths(p0) == ["block1/conv", "block1/shortcut", "head"]
+    assert layer_paths(p0) == ["block1", "head"]
     dist, rel = layer_movement(p0, p0)
     np.testing.assert_array_equal(np.asarray(dist), 0.0)
     np.testing.assert_array_equal(np.asarray(rel), 0.0)
@@ -195,9 +196,13 @@ def test_layer_movement_nested_modules_and_zero():
     p["block1"]["shortcut"] = {"kernel": p0["block1"]["shortcut"]["kernel"] + 1.0,
                                "bias": p0["block1"]["shortcut"]["bias"]}
     dist, rel = layer_movement(p, p0)
-    start = np.sqrt(sum(np.sum(np.asarray(v, np.float64) ** 2) for v in p0["block1"]["shortcut"].values()))
-    np.testing.assert_allclose(np.asarray(dist), [0.0, 6.0, 0.0], atol=1e-6)  # sqrt(36 ones)
-    np.testing.assert_allclose(np.asarray(rel), [0.0, 6.0 / start, 0.0], rtol=1e-5)
+    start = np.sqrt(sum(np.sum(np.asarray(v, np.float64) ** 2)
+                        for module in p0["block1"].values() for v in module.values()))
+    np.testing.assert_allclose(np.asarray(dist), [6.0, 0.0], atol=1e-6)  # sqrt(36 ones)
+    np.testing.assert_allclose(np.asarray(rel), [6.0 / start, 0.0], rtol=1e-5)
+    # An explicit order (as the engine gives it, from the model) is followed.
+    dist, _ = layer_movement(p, p0, ["head", "block1"])
+    np.testing.assert_allclose(np.asarray(dist), [0.0, 6.0], atol=1e-6)
 
 
 # ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from taylorcli.costs import parameter_count
+from taylorcli.engine.costs import parameter_count
 from taylorcli.models import (
     CNN,
     Conv,

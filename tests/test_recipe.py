@@ -1,6 +1,5 @@
 """Tests for taylorcli.recipe: schema defaults, validation errors, overrides and round trips."""
 
-import dataclasses
 import textwrap
 
 import pytest
@@ -109,7 +108,7 @@ def test_recipe_error_is_value_error():
 
 def test_defaults_and_name_from_file_stem(tmp_path):
     recipe = load_recipe(write(tmp_path, "seed: 3\n", name="cnn_small.yaml"))
-    assert recipe == dataclasses.replace(Recipe(), name="cnn_small", seed=3)
+    assert recipe == Recipe().model_copy(update={"name": "cnn_small", "seed": 3})
     assert recipe.taylor.orders == (1, 2, 3, 4)
     assert recipe.model.w_std == pytest.approx(2**0.5)
     assert recipe.optim.schedule == "step" and recipe.optim.decay_epochs == ()

@@ -1,7 +1,7 @@
 """`taylorcli report` and `compare` on real (tiny) run directories.
 
 Every number in every table is checked against the metrics.csv it came from, read here with
-pandas alone, and against the paper's CSVs in results/paper/; nothing is compared with a stored
+pandas alone, and against the paper's CSVs in taylorcli/paper/; nothing is compared with a stored
 copy of the report's own output.
 """
 
@@ -18,11 +18,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from taylorcli.cli import app
-from taylorcli.progress import PlainProgress
+from taylorcli.run.progress import PlainProgress
 from taylorcli.recipe import load_recipe, recipe_from_dict
-from taylorcli.trainer import train
+from taylorcli.api import run_training as train
 
-PAPER = Path(__file__).resolve().parents[1] / "results" / "paper"
+PAPER = Path(__file__).resolve().parents[1] / "taylorcli" / "paper"
 EPOCHS = 3
 # The tiny recipe made a little larger, so that the models' accuracies differ (a table that
 # mixed models up would fail): 512 digits / batch 16 = 32 steps per epoch, all 360 test digits,

@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from taylorcli.cli import app
-from taylorcli.runs import RunLock
+from taylorcli.run.directory import RunLock
 
 # 256 digits, batch 32: 8 steps an epoch, 4 epochs, a checkpoint every 3 steps.
 RECIPE = {
@@ -235,9 +235,10 @@ class SignalAtStart:
 def test_stop_at_step_zero_then_resume_has_no_duplicate_rows(tmp_path):
     import pandas as pd
 
-    from taylorcli.progress import PlainProgress
+    from taylorcli.run.progress import PlainProgress
     from taylorcli.recipe import recipe_from_dict
-    from taylorcli.trainer import Stopped, train
+    from taylorcli.api import run_training as train
+    from taylorcli.errors import Stopped
 
     recipe = recipe_from_dict({**RECIPE, "train": {"epochs": 2, "batch_size": 32},
                                "optim": {"lr": 0.1},

@@ -15,12 +15,15 @@ from typer.testing import CliRunner
 from taylorcli.cli import app
 from taylorcli.metrics import error_barrier, function_distance
 from taylorcli.models import build_model, preactivations
-from taylorcli.progress import PlainProgress
+from taylorcli.run.progress import PlainProgress
 from taylorcli.recipe import RecipeError
-from taylorcli.spawn import parent_network, parent_recipe, replay, spawn_recipe
-from taylorcli.train import ModelSpec, build_engine, epoch_permutations, lockstep_state, \
+from taylorcli.run.start import parent_network, replay
+from taylorcli.spawn.spawned_run import parent_recipe, spawn_recipe
+from taylorcli.engine.lockstep import ModelSpec, build_engine, epoch_permutations, lockstep_state, \
     reexpands_at
-from taylorcli.trainer import Stopped, load_data, spec_of, train
+from taylorcli.api import run_training as train
+from taylorcli.data import load_for_recipe as load_data, spec_of
+from taylorcli.errors import Stopped
 
 EPOCHS = "train.epochs=3"
 
@@ -101,14 +104,14 @@ def engine_and_state(recipe, specs, streams=(0,)):
 
 
 def _theta_opt(engine, recipe, spec):
-    from taylorcli.train import init_state
+    from taylorcli.engine.lockstep import init_state
 
     s = init_state(engine, recipe, spec)
     return s["theta0"], s["opt"][engine.names[0]]
 
 
 def run_steps(recipe, engine, state, ds, steps):
-    from taylorcli.train import make_train_step
+    from taylorcli.engine.lockstep import make_train_step
 
     step_fn = jax.jit(make_train_step(engine, recipe.seed))
     x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
@@ -168,7 +171,7 @@ def test_reexpanded_center_is_the_parameters_at_the_last_reexpansion(tiny_recipe
 
 def test_reexpanding_every_step_evaluates_as_the_network(tiny_recipe):
     """At a re-expansion point the model is f(θ): its logits equal the network's at θ."""
-    from taylorcli.train import make_eval_logits
+    from taylorcli.engine.lockstep import make_eval_logits
 
     recipe = tiny_recipe()
     specs = [ModelSpec("full"), ModelSpec("r1", 1, reexpand=("every", 1))]
@@ -209,8 +212,8 @@ def test_children_metrics_against_direct_computation(parent, tmp_path):
     assert start["barrier"] == 0 and start["function_distance"] == 0
     assert start["relu_distance"] == 0
     # The last row's ReLU distance, recomputed here from the checkpointed children.
-    from taylorcli.checkpoints import Checkpoints
-    from taylorcli.train import init_state
+    from taylorcli.run.checkpoints import Checkpoints
+    from taylorcli.engine.lockstep import init_state
     from taylorcli.data import standardize
 
     recipe = parent_recipe(tmp_path / "kids")

@@ -10,13 +10,13 @@ import pandas as pd
 import yaml
 
 from conftest import TINY
-from taylorcli.split import device_groups
+from taylorcli.engine.split_models import device_groups
 
 RECIPE = {**TINY, "name": "split", "optim": {**TINY["optim"], "lr": 0.5}}
 # Print where each group of models went, then run the CLI as a user would.
 CODE = """
 import sys, jax
-import taylorcli.split as split
+import taylorcli.engine.split_models as split
 original = split.split_models
 def traced(*args):
     step, state, evaluator = original(*args)

@@ -12,16 +12,18 @@ import pytest
 
 from taylorcli import data as data_lib
 from taylorcli.models import build_model, init_params
-from taylorcli.progress import PlainProgress
-from taylorcli.train import (
+from taylorcli.run.progress import PlainProgress
+from taylorcli.engine.lockstep import (
     build_engine,
     epoch_permutation,
     init_state,
     make_train_step,
     rng_streams,
 )
-from taylorcli.evaluate import Evaluator
-from taylorcli.trainer import evaluation_steps, load_data, spec_of, train
+from taylorcli.engine.evaluation import Evaluator
+from taylorcli.api import run_training as train
+from taylorcli.data import load_for_recipe as load_data, spec_of
+from taylorcli.run.loop import evaluation_steps
 
 # ---------------------------------------------------------------------------
 # Independent reference: the models, the loss and the optimizer written out by hand.

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from taylorcli import xla_flags
+from taylorcli.engine import xla_flags
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 checked = xla_flags._jaxlib_version() in xla_flags._CHECKED
@@ -43,7 +43,10 @@ import os, sys
 import jax, jax.numpy as jnp
 if sys.argv[1] == "late":
     jax.devices()  # the backend starts before taylorcli is imported
-import taylorcli  # noqa: F401
+import taylorcli  # noqa: F401 - the library alone changes nothing
+assert os.environ.get("XLA_FLAGS") is None, os.environ.get("XLA_FLAGS")
+from taylorcli.engine import xla_flags
+xla_flags.apply_defaults()  # what the `taylorcli` command and the benchmark do first
 print(os.environ.get("XLA_FLAGS", ""))
 conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -55,9 +58,10 @@ print(jax.jit(conv).lower(x, w).compile().as_text())
 @pytest.mark.skipif(not checked, reason="flag only passed to the jaxlib versions it was checked on")
 @pytest.mark.parametrize("opt_out,when", [("1", "first"), ("0", "first"), ("1", "late")])
 def test_cpu_convolutions_leave_ynnpack(opt_out, when):
-    """Importing taylorcli first keeps convolutions out of YNNPACK; opting out brings it back.
+    """The entry points' default keeps convolutions out of YNNPACK; opting out brings it back.
 
-    Imported after JAX started its backend, taylorcli leaves XLA_FLAGS as it found it.
+    Importing taylorcli changes nothing; after JAX started its backend the default leaves
+    XLA_FLAGS as it found it.
     """
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(JAX_PLATFORMS="cpu", TAYLORCLI_XLA_DEFAULTS=opt_out)
@@ -68,3 +72,19 @@ def test_cpu_convolutions_leave_ynnpack(opt_out, when):
     assert (FLAG in flags) == applied
     assert "convolution" in hlo
     assert ("__ynn_fusion" in hlo) == (not applied)
+
+
+def test_import_leaves_the_environment_alone_and_the_command_sets_the_flag():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", TAYLORCLI_XLA_DEFAULTS="1")
+    code = ("import os, sys\n"
+            "import taylorcli, taylorcli.cli\n"
+            "before = os.environ.get('XLA_FLAGS')\n"
+            "sys.argv = ['taylorcli', '--version']\n"
+            "try:\n    taylorcli.cli.run()\nexcept SystemExit:\n    pass\n"
+            "print(repr(before), '|', os.environ.get('XLA_FLAGS', ''))\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip().splitlines()[-1]
+    before, after = out.split(" | ")
+    assert before == "None"
+    assert (FLAG in after) == checked

@@ -1,0 +1,1 @@
+"""The bundled recipes, installed as package data (`taylorcli recipes` lists them)."""

@@ -1,0 +1,5 @@
+"""`python -m taylorcli`: the same as the `taylorcli` command."""
+
+from .cli import run
+
+run()

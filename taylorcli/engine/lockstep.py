@@ -1,0 +1,268 @@
+"""The lockstep engine: the full network and its Taylorized models, one jitted step for all.
+
+Every model starts from the same θ0, sees the same minibatch with the same
+augmentation noise, and is updated by its own copy of one optax optimizer
+(same schedule, per-model gradient clipping). The step is a pure function of
+(state, epoch permutation, training set); its randomness is derived from the
+step number, so the trajectory depends only on the recipe and the seed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from .. import data as data_lib
+from ..models import apply_fn, build_model, init_params, layer_names
+from ..taylor import taylorize, taylorize_nested
+from .optimizer import make_loss, make_optimizer
+
+FULL = "full"
+
+
+def model_names(orders) -> list[str]:
+    """Names of the models trained in lockstep: `full`, then `order1` … `orderK`."""
+    return [FULL] + [f"order{k}" for k in orders]
+
+
+def order_of(name: str) -> int:
+    """Taylor order of a model name: 0 for `full` and `childN`, k for `orderk`, `spawn@E/orderk`, ..."""
+    found = re.search(r"(?:^|/)order(\d+)", name)
+    return int(found.group(1)) if found else 0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of a lockstep run: its name, Taylor order, data-noise stream and re-expansion."""
+
+    name: str
+    order: int = 0  # 0: the network itself
+    stream: int = 0  # index into Engine.streams; children draw their own minibatches
+    reexpand: tuple[str, int] | None = None  # ("every", K) or ("doubling", K), in steps
+
+
+def model_specs(recipe) -> tuple[ModelSpec, ...]:
+    """The models a recipe trains: the network and its orders, or a spawned run's models."""
+    sp = recipe.spawn
+    orders = recipe.taylor.orders
+    if sp.parent is None:
+        specs = tuple(ModelSpec(name, order_of(name)) for name in model_names(orders))
+        # `models` trains a subset, with the seeds and data order of the whole recipe.
+        return tuple(s for s in specs if recipe.models is None or s.name in recipe.models)
+    at = f"spawn@{sp.epoch:g}/"
+    specs = [ModelSpec(FULL)]
+    for k in orders:
+        specs.append(ModelSpec(f"{at}order{k}", k))
+        specs += [ModelSpec(f"{at}order{k}/every{K}", k, reexpand=("every", K))
+                  for K in sp.reexpand_every]
+        specs += [ModelSpec(f"{at}order{k}/doubling{K}", k, reexpand=("doubling", K))
+                  for K in sp.reexpand_doubling]
+    specs += [ModelSpec(f"child{i}", stream=i + 1) for i in range(sp.children)]
+    return tuple(specs)
+
+
+def noise_streams(recipe) -> tuple[int, ...]:
+    """Seeds of the data-noise streams: 0 is the recipe's own order and augmentation."""
+    sp = recipe.spawn
+    return (0,) + (tuple(sp.child_seeds) or tuple(range(1, sp.children + 1)))
+
+
+def spawn_step(recipe, steps_per_epoch: int) -> int:
+    """The step a run starts from: 0, or the parent's step at a spawned run's epoch."""
+    sp = recipe.spawn
+    return 0 if sp.parent is None else int(round(sp.epoch * steps_per_epoch))
+
+
+def reexpands_at(reexpand: tuple[str, int], steps_since: jax.Array) -> jax.Array:
+    """Whether a re-expanding model moves its expansion point to its parameters at this step."""
+    kind, k = reexpand
+    due = (steps_since > 0) & (steps_since % k == 0)
+    if kind == "every":
+        return due
+    # Doubling intervals K, 2K, 4K, ...: re-expansion at K·(2^j − 1), often early, rarely late.
+    q = steps_since // k + 1
+    return due & ((q & (q - 1)) == 0)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Everything static about a lockstep run: models, optimizer, loss, augmentation."""
+
+    apply: Callable
+    specs: tuple[ModelSpec, ...]
+    optimizer: optax.GradientTransformation
+    loss: Callable
+    batch_size: int
+    steps_per_epoch: int
+    pad: int
+    flip: bool
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    nested: bool = False  # expand with taylorize_nested (the paper's construction), for benchmarks
+    batch_sharding: Any = None  # split each batch across devices (see engine/devices.py)
+    streams: tuple[int, ...] = (0,)  # data-noise stream seeds; specs index into them
+    start_step: int = 0  # a spawned run's first step: re-expansion intervals count from here
+    layers: tuple[str, ...] = ()  # the network's layers, input to output (layers.csv's order)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Model names, in lockstep order (`full` first)."""
+        return tuple(s.name for s in self.specs)
+
+    def model_fns(self, state) -> dict[str, Callable]:
+        """`f(params, x)` of each model, each Taylorized one expanded around its expansion point."""
+        expand = taylorize_nested if self.nested else taylorize
+        centers = state.get("centers", {})
+        return {s.name: self.apply if s.order == 0 else
+                expand(self.apply, centers.get(s.name, state["theta0"]), s.order)
+                for s in self.specs}
+
+
+def build_engine(recipe, spec) -> Engine:
+    """The engine a recipe describes, for a dataset of the given spec."""
+    steps_per_epoch = spec.train_size // recipe.train.batch_size
+    model = build_model(recipe.model, spec.num_classes)
+    return Engine(
+        apply=apply_fn(model),
+        specs=model_specs(recipe),
+        optimizer=make_optimizer(recipe.optim, steps_per_epoch),
+        loss=make_loss(recipe.train.loss, spec.num_classes),
+        batch_size=recipe.train.batch_size,
+        steps_per_epoch=steps_per_epoch,
+        pad=recipe.data.pad,
+        flip=recipe.data.flip,
+        mean=tuple(spec.mean),
+        std=tuple(spec.std),
+        streams=noise_streams(recipe),
+        start_step=spawn_step(recipe, steps_per_epoch),
+        layers=tuple(layer_names(model, spec.image_shape)),
+    )
+
+
+def rng_streams(seed: int, stream: int = 0) -> dict[str, jax.Array]:
+    """Independent keys for initialization, shuffling and augmentation (per data-noise stream)."""
+    root = jax.random.key(seed)
+    if stream:
+        root = jax.random.fold_in(jax.random.fold_in(root, 0x5EED), stream)
+    return {name: jax.random.fold_in(root, i) for i, name in enumerate(["init", "shuffle", "augment"])}
+
+
+def init_state(engine: Engine, recipe, spec) -> dict:
+    """Step 0: every model at the same θ0, fresh optimizer states, nothing diverged."""
+    model = build_model(recipe.model, spec.num_classes)
+    theta0 = init_params(model, rng_streams(recipe.seed)["init"], spec.image_shape)
+    return lockstep_state(engine, jnp.zeros((), jnp.int32), theta0, engine.optimizer.init(theta0))
+
+
+def lockstep_state(engine: Engine, step, theta, opt_state) -> dict:
+    """Every model at θ with the optimizer state `opt_state`, nothing diverged, from `step`."""
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)
+    state = {
+        "step": jnp.asarray(step, jnp.int32),
+        "theta0": theta,
+        # Separate buffers per model: the step donates its state, and donated buffers must be distinct.
+        "params": {n: copy(theta) for n in engine.names},
+        "opt": {n: copy(opt_state) for n in engine.names},
+        "diverged": {n: jnp.zeros((), bool) for n in engine.names},
+        "stats": zero_stats(engine),
+    }
+    centers = {s.name: copy(theta) for s in engine.specs if s.reexpand}
+    if centers:  # only then, so checkpoints of runs without re-expansion keep their layout
+        state["centers"] = centers
+    return state
+
+
+def zero_stats(engine: Engine) -> dict:
+    """Per model [Σ minibatch loss, Σ correct, number of minibatches] since the last evaluation."""
+    return {n: jnp.zeros(3, jnp.float32) for n in engine.names}
+
+
+def epoch_permutation(seed: int, epoch: int, n: int, stream: int = 0) -> jax.Array:
+    """The order of the training set in one epoch."""
+    return jax.random.permutation(jax.random.fold_in(rng_streams(seed, stream)["shuffle"], epoch), n)
+
+
+def epoch_permutations(engine: Engine, seed: int, epoch: int, n: int) -> jax.Array:
+    """One epoch's order for every data-noise stream, stacked: the step's `perms` argument."""
+    return jnp.stack([epoch_permutation(seed, epoch, n, s) for s in engine.streams])
+
+
+def make_train_step(engine: Engine, seed: int) -> Callable:
+    """`step(state, perms, train_x, train_y) -> (state, stats)`, all models on one shared batch.
+
+    `perms` is `epoch_permutations(...)`, one row per data-noise stream (or one permutation).
+
+    Children (models with their own data-noise stream) get their own minibatch and augmentation.
+    """
+    aug_keys = [rng_streams(seed, s)["augment"] for s in engine.streams]
+
+    def batch(state, perms, train_x, train_y, j):
+        i = state["step"] % engine.steps_per_epoch
+        idx = jax.lax.dynamic_slice_in_dim(perms[j], i * engine.batch_size, engine.batch_size)
+        x = data_lib.augment(jax.random.fold_in(aug_keys[j], state["step"]), train_x[idx],
+                             pad=engine.pad, flip=engine.flip, mean=engine.mean, std=engine.std)
+        y = train_y[idx]
+        if engine.batch_sharding is not None:
+            x = jax.lax.with_sharding_constraint(x, engine.batch_sharding)
+            y = jax.lax.with_sharding_constraint(y, engine.batch_sharding)
+        return x, y
+
+    def step(state, perms, train_x, train_y):
+        perms = perms[None] if perms.ndim == 1 else perms  # one stream: a plain permutation will do
+        batches = [batch(state, perms, train_x, train_y, j) for j in range(len(engine.streams))]
+        fns = engine.model_fns(state)
+        new = {"params": {}, "opt": {}, "diverged": {}}
+        stats = {}
+        for spec in engine.specs:
+            name, fn = spec.name, fns[spec.name]
+            x, y = batches[spec.stream]
+
+            def loss_fn(p, fn=fn, x=x, y=y):
+                logits = fn(p, x)
+                return engine.loss(logits, y), logits
+
+            params = state["params"][name]
+            (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            updates, opt = engine.optimizer.update(grads, state["opt"][name], params)
+            stepped = optax.apply_updates(params, updates)
+            finite = jnp.isfinite(loss) & all_finite(stepped)
+            diverged = state["diverged"][name] | ~finite
+            # A diverged model is frozen where it was, so its last finite state stays inspectable.
+            keep = lambda a, b: jnp.where(diverged, a, b)
+            new["params"][name] = jax.tree.map(keep, params, stepped)
+            new["opt"][name] = jax.tree.map(keep, state["opt"][name], opt)
+            new["diverged"][name] = diverged
+            stats[name] = jnp.stack([loss, jnp.sum(jnp.argmax(logits, -1) == y).astype(loss.dtype)])
+        # The running sums live in the state, so a checkpoint between evaluations loses nothing.
+        sums = {n: state["stats"][n] + jnp.append(stats[n], 1.0) for n in stats}
+        if "centers" in state:
+            # Moved at the end of the step that reaches a re-expansion point, so the state always
+            # holds the expansion point of the step it is at (evaluations and kernels see it too).
+            since = state["step"] + 1 - engine.start_step
+            new["centers"] = {s.name: jax.tree.map(
+                lambda p, c, s=s: jnp.where(reexpands_at(s.reexpand, since), p, c),
+                new["params"][s.name], state["centers"][s.name])
+                for s in engine.specs if s.reexpand}
+        return {**state, "step": state["step"] + 1, **new, "stats": sums}, stats
+
+    return step
+
+
+def all_finite(tree) -> jax.Array:
+    """Whether every leaf of a pytree is finite everywhere."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+def make_eval_logits(engine: Engine) -> Callable:
+    """`logits(state, x) -> {model: logits}` on standardized inputs."""
+
+    def logits(state, x):
+        fns = engine.model_fns(state)
+        return {n: fn(state["params"][n], x) for n, fn in fns.items()}
+
+    return logits

@@ -1,0 +1,41 @@
+"""The optimizer, its learning-rate schedule and the loss, from a recipe's optim and train sections."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def make_schedule(optim, steps_per_epoch: int) -> optax.Schedule:
+    """Learning rate per step: constant, or step decay at the recipe's epochs."""
+    if optim.schedule == "constant" or not optim.decay_epochs:
+        return optax.constant_schedule(optim.lr)
+    boundaries = {e * steps_per_epoch: optim.decay_factor for e in optim.decay_epochs}
+    return optax.piecewise_constant_schedule(optim.lr, boundaries)
+
+
+def make_optimizer(optim, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Clip by global norm, add weight decay, then SGD (with optional momentum) on the schedule."""
+    parts = []
+    if optim.grad_clip is not None:
+        parts.append(optax.clip_by_global_norm(optim.grad_clip))
+    if optim.weight_decay > 0:
+        parts.append(optax.add_decayed_weights(optim.weight_decay))
+    parts.append(optax.sgd(
+        make_schedule(optim, steps_per_epoch),
+        momentum=optim.momentum or None,
+        nesterov=optim.nesterov,
+    ))
+    return optax.chain(*parts)
+
+
+def make_loss(kind: str, num_classes: int) -> Callable:
+    """Mean loss over a batch from logits and integer labels."""
+    if kind == "mse":
+        # Lee et al.: L = 1/(2N) Σ ‖f(x) − y‖² with one-hot targets.
+        return lambda logits, y: 0.5 * jnp.mean(
+            jnp.sum((logits - jax.nn.one_hot(y, num_classes)) ** 2, axis=-1))
+    return lambda logits, y: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))

@@ -1,0 +1,174 @@
+"""`taylorcli report`: every table and figure of the paper regenerated from the runs under a folder.
+
+The paper's numbers ship with the package (taylorcli/paper/); report/reference.py says which
+run reproduces which paper setting. Runs of other recipes still get Table 1 and 2 rows, with
+the paper's columns empty. The report reads run directories only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import ReportError, RunDirError
+from ..recipe import dump_recipe
+from ..run.directory import Run, find_runs, load_run
+from .figures import closed_form_figure, early_epoch, figure2, figure3, kernel_figure
+from .merge import merge_runs
+from .paper_tables import paper_mapping, run_notes, runs_table, table1, table2, \
+    table34
+from .reference import PAPER_FILES, TITLES, load_paper, table1_setting
+from .tables import check_format, to_csv, to_markdown, write_text
+
+
+def _run_name(root: Path, path: Path) -> str:
+    return path.name if path == root else path.relative_to(root).as_posix()
+
+
+@dataclass
+class Report:
+    """What `taylorcli report` made: its tables (key -> title, table), notes and files written."""
+
+    tables: dict[str, tuple[str, pd.DataFrame]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    figures: dict[str, list[Path]] = field(default_factory=dict)
+    analysis_figures: dict[str, list[Path]] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+    out: Path | None = None
+    runs: list[Run] = field(default_factory=list)
+
+
+def build_report(results_dir: str | Path = "runs", out: str | Path | None = None,
+                 paper_dir: str | Path | None = None) -> Report:
+    """Read every run under results_dir and build the tables and notes (no files written)."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise ReportError(f"RESULTS_DIR {root}: no such directory")
+    out = Path(out) if out is not None else root / "report"
+    paths = find_runs(root, skip=out)
+    if not paths:
+        raise ReportError(f"RESULTS_DIR {root}: no run directories found (folders with "
+                          f"recipe.yaml and metrics.csv, as `taylorcli train` writes)")
+    runs, broken = [], {}
+    for p in paths:
+        try:
+            runs.append(load_run(p, _run_name(root, p)))
+        except RunDirError as e:
+            broken[_run_name(root, p)] = str(e).removeprefix(f"{p}: ")
+    runs, merge_notes = merge_runs(runs)  # subset runs of one recipe, as if in lockstep
+    paper = load_paper(paper_dir)
+    t1_settings = {r.name: s for r in runs if (s := table1_setting(r, paper))}
+    rank = {s: i for i, s in enumerate(paper.settings("table1").values())}
+    # The paper's settings first, in its column order; other runs after them, by name.
+    runs.sort(key=lambda r: (rank.get(t1_settings.get(r.name), len(rank)), r.name))
+    report = Report(out=out, runs=runs)
+    notes = report.notes
+    for key, name in PAPER_FILES.items():
+        if paper.tables[key] is None:
+            notes.append(f"paper table {paper.folder / name} not found: its columns are empty")
+
+    mapped, missing = paper_mapping(runs, t1_settings, paper)
+    notes += run_notes(runs, t1_settings, paper, broken, missing) + merge_notes
+
+    report.tables["runs"] = (TITLES["runs"], runs_table(runs, broken, mapped, missing))
+    report.tables["table1"] = (TITLES["table1"], table1(runs, t1_settings, paper))
+    report.tables["table2"] = (TITLES["table2"], table2(runs, t1_settings, paper))
+    for key in ("table3", "table4"):
+        epochs = " and ".join(f"{e:g}" for e in paper.epochs(key)) or "—"
+        report.tables[key] = (f"{TITLES[key]}, at epochs {epochs}",
+                              table34(runs, key, paper, notes))
+    return report
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def write_report(report: Report, fmt: str = "md", results_dir: str | Path = "runs") -> Report:
+    """Write figures, recipes and tables (report.md, or runs.csv, table1-4.csv, notes.txt) to report.out."""
+    check_format(fmt)
+    out = report.out
+    try:
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    for r in report.runs:
+        figs = [figure2(r, out / "figures" / f"figure2_{_slug(r.name)}.png")]
+        if r.layers is not None:
+            figs.append(figure3(r, out / "figures" / f"figure3_{_slug(r.name)}.png"))
+        report.figures[r.name] = figs
+        report.files += figs
+        extra = [kernel_figure(r, out / "figures" / f"kernels_{_slug(r.name)}.png"),
+                 closed_form_figure(r, out / "figures" / f"closed_form_{_slug(r.name)}.png")]
+        report.analysis_figures[r.name] = [f for f in extra if f is not None]
+        report.files += report.analysis_figures[r.name]
+        # A merged run's recipe is its parts' recipe with their models together.
+        text = dump_recipe(r.config) if r.parts else (r.path / "recipe.yaml").read_text()
+        report.files.append(write_text(out / "recipes" / f"{_slug(r.name)}.yaml", text))
+    if fmt == "csv":
+        for key, (_, table) in report.tables.items():
+            report.files.append(write_text(out / f"{key}.csv", to_csv(table)))
+        report.files.append(write_text(out / "notes.txt", "".join(f"{n}\n" for n in report.notes)))
+    else:
+        report.files.append(write_text(out / "report.md", markdown(report, results_dir)))
+    return report
+
+
+def markdown(report: Report, results_dir: str | Path) -> str:
+    """The whole report as one Markdown document, figures linked relative to it."""
+    runs = report.runs
+    parts = [
+        "# Taylorized training: tables and figures from runs\n",
+        f"From the {len(runs)} run(s) under `{Path(results_dir).as_posix()}`, with the numbers of "
+        f"Bai et al. (2020) from `results/paper/` beside ours. Accuracies and cosines are on the "
+        f"test set. \"Final\" is a run's last evaluation (its last epoch if incomplete). Tables 3 "
+        f"and 4 take each value at the requested epoch, or at the nearest earlier evaluated "
+        f"epoch, which the `epoch_epN` columns show. Each run's resolved recipe is in "
+        f"`recipes/`.\n",
+    ]
+    for key, (title, table) in report.tables.items():
+        parts.append(f"## {title}\n")
+        if table.empty:
+            parts.append("No runs of this table's settings (see the notes).\n")
+        else:
+            parts.append(to_markdown(table))
+        if key == "runs":
+            parts.append("### Notes\n")
+            parts.append("".join(f"- {n}\n" for n in report.notes) or "None.\n")
+    parts.append("## Figure 2: training and agreement curves\n")
+    parts.append("Train loss (mean over the minibatches since the previous evaluation), test "
+                 "accuracy, cos_param and cos_func against epochs; one line per Taylor order "
+                 "k and the full network.\n")
+    for r in runs:
+        rel = report.figures[r.name][0].relative_to(report.out).as_posix()
+        parts.append(f"![Figure 2, {r.name}]({rel})\n")
+    parts.append("## Figure 3: layer movement\n")
+    parts.append("Relative distance from initialization per layer, ‖θ_l − θ_l(0)‖ / "
+                 "‖θ_l(0)‖, early in training (epoch 10, as in the paper, or the middle of a "
+                 "run of 20 epochs or fewer) and at the end; full network against each order.\n")
+    for r in runs:
+        if len(report.figures[r.name]) > 1:
+            rel = report.figures[r.name][1].relative_to(report.out).as_posix()
+            parts.append(f"![Figure 3, {r.name}: epoch {early_epoch(r):g} and "
+                         f"{r.layers['epoch'].max():g}]({rel})\n")
+    if any(report.analysis_figures.values()):
+        parts.append("## Kernel dynamics and the closed form\n")
+        parts.append("Where a run computed them (`eval.kernel_n`, `eval.closed_form`): each "
+                     "model's empirical NTK distance from its first kernel and the kernel "
+                     "velocity; each model's distance from Lee et al.'s closed-form linearized "
+                     "trajectory and its test accuracy beside the closed form's.\n")
+        for r in runs:
+            for fig in report.analysis_figures.get(r.name, []):
+                rel = fig.relative_to(report.out).as_posix()
+                parts.append(f"![{fig.stem}, {r.name}]({rel})\n")
+    return "\n".join(parts)
+
+
+def report(results_dir: str | Path = "runs", fmt: str = "md", out: str | Path | None = None,
+           paper_dir: str | Path | None = None) -> Report:
+    """`taylorcli report`: build every table and figure from the runs under results_dir and write them."""
+    check_format(fmt)
+    return write_report(build_report(results_dir, out, paper_dir), fmt, results_dir)

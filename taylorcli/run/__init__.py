@@ -1,0 +1,2 @@
+"""A run on disk: the run directory (written and read here), checkpoints, the training loop
+with resume and signals, and its progress display."""

@@ -1,0 +1,202 @@
+"""Checkpoints of the lockstep state with orbax: keep-last-N plus the epochs marked for spawning.
+
+Each finished checkpoint gets a digest of its files (DIGEST, beside orbax's own files in the
+step folder), so a damaged checkpoint is detected before it is restored: the newest intact
+one is used instead, and the caller is told which were skipped and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import zlib
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec
+from orbax.checkpoint import checkpoint_managers as policies
+
+from ..engine.devices import data_mesh
+from ..errors import CheckpointError
+
+DIGEST = "taylorcli_digest.json"
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != DIGEST)
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    """CRC-32 of every file under a step folder, by relative path (damage, not tampering)."""
+    out = {}
+    for path in _files(folder):
+        crc = 0
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                crc = zlib.crc32(chunk, crc)
+        out[path.relative_to(folder).as_posix()] = f"{crc:08x}"
+    return out
+
+
+class Checkpoints:
+    """The run directory's checkpoints/ folder, one orbax step folder per saved step."""
+
+    def __init__(self, directory: str | Path, keep: int = 1, keep_steps=(), read_only=False,
+                 primary: bool = True):
+        self.directory = Path(directory).absolute()
+        self.read_only = read_only
+        self.primary = primary
+        self.skipped: list[str] = []  # damaged checkpoints passed over by `restore_latest`
+        self._unsigned: list[int] = []
+        if self.directory.exists() and not self.directory.is_dir():
+            raise CheckpointError(f"{self.directory}: is a file, not the run's checkpoints "
+                                  f"folder; move it away to resume from nothing")
+        if not read_only and primary:
+            _check_writable(self.directory)
+        policy = policies.AnyPreservationPolicy(
+            [policies.LatestN(keep), policies.CustomSteps(list(keep_steps))])
+        absl = logging.getLogger("absl")
+        level = absl.level
+        if read_only:  # orbax warns that a read-only manager will not save, which is the point
+            absl.setLevel(logging.ERROR)
+        try:
+            options = ocp.CheckpointManagerOptions(
+                preservation_policy=policy, create=not read_only, read_only=read_only,
+                # Every process calls save and restore (they are collective); process 0 writes
+                # the metadata and creates and deletes the step folders.
+                multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0))
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
+        finally:
+            absl.setLevel(level)
+
+    def steps(self) -> list[int]:
+        """Every complete checkpoint's step, oldest first."""
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint (orbax skips unfinished ones)."""
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, meta: dict) -> None:
+        """Start saving `state` at `step` (asynchronously; `wait` makes it durable)."""
+        self.wait()  # the previous save, signed before the next begins
+        try:
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        except Exception as e:  # noqa: BLE001 - orbax raises many types for a failed write
+            raise _save_error(self.directory, e) from None
+        self._unsigned.append(step)
+
+    def wait(self) -> None:
+        """Block until every started save is on disk, then write its digest."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - the saving thread's error, re-raised here
+            self._unsigned.clear()
+            raise _save_error(self.directory, e) from None
+        if self.primary:
+            for step in self._unsigned:
+                folder = self.directory / str(step)
+                if folder.is_dir():
+                    _write_json(folder / DIGEST, folder_digest(folder))
+        self._unsigned.clear()
+
+    def damage(self, step: int) -> str | None:
+        """Why the checkpoint at `step` is damaged (a file differs from its digest), or None."""
+        folder = self.directory / str(step)
+        try:
+            recorded = json.loads((folder / DIGEST).read_text())
+        except FileNotFoundError:
+            return None  # finished but killed before its digest: orbax's own check has to do
+        except (OSError, ValueError):
+            return f"its digest file {DIGEST} is unreadable"
+        actual = folder_digest(folder)
+        for name, crc in recorded.items():
+            if name not in actual:
+                return f"{name} is missing"
+            if actual[name] != crc:
+                return f"{name} differs from its digest"
+        return None
+
+    def restore(self, step: int, like) -> tuple[dict, dict]:
+        """The state and metadata saved at `step`, shaped like the pytree `like`."""
+        # With several processes the arrays come back as global arrays, replicated on the mesh.
+        sharding = (NamedSharding(data_mesh(), PartitionSpec()) if jax.process_count() > 1
+                    else None)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                               sharding=sharding), like)
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        except Exception as e:  # noqa: BLE001 - orbax raises many types for damaged files
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"checkpoint {self.directory / str(step)} cannot be read "
+                                  f"({first[:200]})") from None
+        return out["state"], out["meta"]
+
+    def restore_latest(self, like, at_most: int | None = None):
+        """(step, state, meta) of the newest intact checkpoint (at or before `at_most`), or None.
+
+        Damaged ones are passed over and named in `self.skipped`.
+        """
+        for step in reversed(self.steps()):
+            if at_most is not None and step > at_most:
+                continue
+            why = self.damage(step)
+            if why is None:
+                try:
+                    state, meta = self.restore(step, like)
+                    return step, state, meta
+                except CheckpointError as e:
+                    why = str(e)
+            self.skipped.append(f"checkpoint {self.directory / str(step)} is damaged ({why})")
+        if self.skipped:
+            raise CheckpointError(f"{self.skipped[-1]}, and no earlier intact checkpoint is "
+                                  f"left; start over with --no-resume (it deletes this run's "
+                                  f"results and checkpoints)")
+        return None
+
+    def delete_after(self, step: int) -> None:
+        """Remove checkpoints newer than `step` (a resumed run recomputes and saves them again)."""
+        for s in self.steps():
+            if s > step:
+                self.manager.delete(s)
+
+    def close(self) -> None:
+        """Finish pending saves and release the manager."""
+        try:
+            self.wait()
+        finally:
+            with contextlib.suppress(Exception):
+                self.manager.close()
+
+
+def _check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CheckpointError(f"{directory}: cannot write checkpoints there ({e.strerror or e})"
+                              ) from None
+
+
+def _write_json(path: Path, value) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(value, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _save_error(directory: Path, e: BaseException) -> CheckpointError:
+    text = " ".join(str(e).split())[:200] or type(e).__name__
+    full = "No space left" in text or "ENOSPC" in text
+    cause = "the disk is full" if full else text
+    return CheckpointError(f"{directory}: cannot save a checkpoint ({cause}); the run stays "
+                           f"resumable from its last complete checkpoint")
