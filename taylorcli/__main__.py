@@ -1,5 +1,15 @@
-"""`python -m taylorcli`: the same as the `taylorcli` command."""
+"""The `taylorcli` command (also `python -m taylorcli`): stop signals first, then the CLI."""
 
-from .cli import run
 
-run()
+def main() -> None:
+    """Record SIGTERM/SIGUSR1 before anything slow is imported, then run the command line."""
+    from .run import signals  # imports nothing but the standard library
+
+    signals.install()
+    from .cli import run
+
+    run()
+
+
+if __name__ == "__main__":
+    main()

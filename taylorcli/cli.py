@@ -74,7 +74,16 @@ def _errors(interrupted: str = "interrupted"):
     except FullDiverged as e:
         raise _fail(str(e), FULL_DIVERGED) from None
     except KeyboardInterrupt:
+        _ignore_further_interrupts()
         raise _fail(interrupted, INTERRUPTED, kind="stopped") from None
+
+
+def _ignore_further_interrupts() -> None:
+    """We are ending on Ctrl-C already: more of them must not interrupt the way out."""
+    import signal
+
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 RESUME_NOTE = "interrupted; rerun the same command to continue from the newest checkpoint"
@@ -353,6 +362,7 @@ def run() -> None:
     try:
         code = app(standalone_mode=False)
     except KeyboardInterrupt:
+        _ignore_further_interrupts()
         print("taylorcli: stopped: interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED)
     except Exception as e:  # Typer's vendored click raises its UsageError family here

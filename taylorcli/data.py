@@ -109,6 +109,7 @@ _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"), ("numpy", "dtype"), ("copyreg", "_reconstructor"),
     ("builtins", "object"),
+    ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 carry an array's bytes
 }
 
 
@@ -283,17 +284,26 @@ def standardize(images_uint8, *, mean, std) -> jnp.ndarray:
     return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-def augment(key, images_uint8, *, pad: int, flip: bool, mean, std) -> jnp.ndarray:
-    """Random pad-and-crop and horizontal flip per image, then standardize (jittable; pad/flip static)."""
+def augment(key, images_uint8, *, pad: int, flip: bool, mean, std,
+            crop: str = "per_image") -> jnp.ndarray:
+    """Random pad-and-crop and horizontal flip per image, then standardize (jittable; pad/flip static).
+
+    `crop="per_batch"` takes one random crop offset for the whole batch (flips stay per image),
+    as the authors' code does with `tf.image.random_crop` on the 4-D batch.
+    """
     x = jnp.asarray(images_uint8).astype(jnp.float32) / 255.0
     n, h, w, c = x.shape
     crop_key, flip_key = jax.random.split(key)
     if pad > 0:
         # Padding in [0,1] space means padded pixels are black, as in the usual CIFAR recipe.
         padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * pad + 1)
-        x = jax.vmap(lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c)))(
-            padded, offsets)
+        if crop == "per_batch":
+            o = jax.random.randint(crop_key, (2,), 0, 2 * pad + 1)
+            x = jax.lax.dynamic_slice(padded, (0, o[0], o[1], 0), (n, h, w, c))
+        else:
+            offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * pad + 1)
+            x = jax.vmap(lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c)))(
+                padded, offsets)
     if flip:
         mirror = jax.random.bernoulli(flip_key, 0.5, (n,))
         x = jnp.where(mirror[:, None, None, None], x[:, :, ::-1, :], x)

@@ -33,3 +33,34 @@ def tiny_recipe():
         return recipe_from_dict(copy.deepcopy(TINY), "tiny", overrides)
 
     return make
+
+
+# A real `taylorcli` process that signals itself right after optimizer step `at_step`: the
+# stop point is deterministic, not a race between a test's timer and the run's speed.
+_SIGNAL_DRIVER = """
+import os, sys
+import taylorcli.run.progress as progress
+AT, SIG = int(sys.argv[1]), int(sys.argv[2])
+
+
+class SignalAt(progress.PlainProgress):
+    def step(self, step, latest):
+        super().step(step, latest)
+        if step == AT:
+            os.kill(os.getpid(), SIG)
+
+
+progress.make_progress = lambda console=None: SignalAt()
+from taylorcli import cli
+sys.argv = ["taylorcli", *sys.argv[3:]]
+cli.run()
+"""
+
+
+def run_signalled(args, at_step: int, sig: int, timeout: float = 300):
+    """Run `taylorcli ARGS` in a new process that sends itself `sig` after step `at_step`."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", _SIGNAL_DRIVER, str(at_step), str(int(sig)),
+                           *map(str, args)], capture_output=True, text=True, timeout=timeout)

@@ -111,3 +111,37 @@ def test_report_draws_the_analyses(tmp_path, tiny_recipe):
     assert figure in made.files and figure.stat().st_size > 1000
     assert "figures/kernels_k.png" in (tmp_path / "out" / "report.md").read_text()
     assert not (tmp_path / "out" / "figures" / "closed_form_k.png").exists()
+
+
+def test_kernel_dynamics_takes_the_expansion_point_as_an_argument(tmp_path, tiny_recipe):
+    """A new centre (a re-expansion, a spawn) reuses the compiled Jacobian and gives the kernel
+    of the model expanded there, as a separate expansion computes it."""
+    from taylorcli.analyses import ntk as ntk_module
+    from taylorcli.analyses.kernel_dynamics import KernelDynamics
+    from taylorcli.run.analysis import RunContext
+    from taylorcli.run.directory import RunDir
+    from taylorcli.taylor import taylorize
+
+    recipe = tiny_recipe("eval.kernel_n=6", "eval.kernel_block=3")
+    ds = load_data(recipe)
+    spec = spec_of(ds)
+    engine = build_engine(recipe, spec)
+    state = init_state(engine, recipe, spec)
+    context = RunContext(recipe, ds, spec, engine, None, RunDir(tmp_path), [0], lambda s: 0.1)
+    kd = KernelDynamics(context)
+    first = kd.kernels(state)
+    compiled = ntk_module._jacobian._cache_size()
+    rng = np.random.default_rng(0)
+    moved = jax.tree.map(lambda a: a + 0.05 * rng.normal(size=a.shape).astype(a.dtype),
+                         state["theta0"])
+    params = jax.tree.map(lambda a: a + 0.05 * rng.normal(size=a.shape).astype(a.dtype), moved)
+    state = {**state, "theta0": moved, "params": {n: params for n in engine.names}}
+    second = kd.kernels(state)
+    assert ntk_module._jacobian._cache_size() == compiled  # no program compiled for the centre
+    for spec_ in engine.specs:
+        if spec_.order == 0:
+            continue
+        direct = ntk_module.ntk(taylorize(engine.apply, moved, spec_.order), params, kd.x,
+                                block=kd.block)
+        np.testing.assert_allclose(second[spec_.name], direct, rtol=2e-4, atol=1e-5)
+        assert not np.allclose(second[spec_.name], first[spec_.name])

@@ -14,7 +14,6 @@ import yaml
 
 from conftest import TINY
 from taylorcli.engine.processes import launch_settings
-from taylorcli.errors import DistributedError
 
 RECIPE = {**TINY, "name": "multi", "optim": {**TINY["optim"], "lr": 0.5}}
 COLUMNS = ["train_loss", "train_acc", "test_loss", "test_acc", "cos_param", "cos_func"]

@@ -15,6 +15,7 @@ import pytest
 from taylorcli.engine.costs import parameter_count
 from taylorcli.models import (
     CNN,
+    MLP,
     Conv,
     Dense,
     WideResNet,
@@ -234,3 +235,14 @@ def test_build_model_follows_recipe(tiny_recipe):
     assert isinstance(model, CNN)
     assert (model.depth, model.width, model.parameterization, model.w_std, model.activation) == \
         (2, 4, "ntk", 1.1, "tanh")
+
+
+@pytest.mark.parametrize("model, expected", [
+    (MLP(depth=11, width=4, num_classes=3), [f"dense{i}" for i in range(1, 12)] + ["dense"]),
+    (CNN(depth=10, width=2, num_classes=3), [f"conv{i}" for i in range(1, 11)] + ["dense"]),
+], ids=["mlp-11", "cnn-10"])
+def test_layers_are_listed_input_to_output(model, expected):
+    """Figure 3's layer axis: call order, not the sorted names (dense < dense1, conv10 < conv2)."""
+    from taylorcli.models import layer_names
+
+    assert layer_names(model, (24, 24, 1)) == expected

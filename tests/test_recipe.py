@@ -209,3 +209,17 @@ def test_dump_keeps_schema_order(tmp_path):
     assert "orders: [1, 2]" in text
     path = write(tmp_path, text, name="dumped.yaml")
     assert load_recipe(path) == recipe_from_dict(CUSTOM)
+
+
+def test_child_seeds_keep_their_order():
+    """Which child gets which seed is the user's choice: the list is not sorted."""
+    recipe = recipe_from_dict({"spawn": {"children": 3, "child_seeds": [7, 2, 5]}})
+    assert recipe.spawn.child_seeds == (7, 2, 5)
+    with pytest.raises(RecipeError, match="distinct"):
+        recipe_from_dict({"spawn": {"children": 2, "child_seeds": [2, 2]}})
+
+
+def test_lee_defaults_are_standard_deviations():
+    """sigma_w^2 = 2 and sigma_b^2 = 0.1 (Lee et al.), given as standard deviations."""
+    model = recipe_from_dict({}).model
+    assert model.w_std ** 2 == pytest.approx(2.0) and model.b_std ** 2 == pytest.approx(0.1)

@@ -313,3 +313,18 @@ def test_bad_input_exits_2_with_one_line(results, args, names):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("taylorcli: error: ")
     assert names in lines[0] and "Traceback" not in result.stderr
+
+
+def test_compare_defaults_to_the_paper_tables_epochs(results):
+    """Table 4 runs side by side at its epochs (10 and 100), other runs at 10 and their last."""
+    root, _ = results
+    cases = [(["table4_lr0.1", "table4_lr0.01"], ["ep10", "ep100"]),
+             (["table3_cnnthin", "table3_cnnthick"], ["ep10", "ep80"]),
+             (["cnnthin"], [f"ep{EPOCHS}"])]  # no paper table: epoch min(10, last) and the last
+    for names, tags in cases:
+        result = invoke("compare", *(root / n for n in names), "--format", "csv")
+        assert result.exit_code == 0, result.output
+        table = pd.read_csv(io.StringIO(result.stdout))
+        shown = sorted({c.removeprefix("test_acc_") for c in table.columns
+                        if c.startswith("test_acc_")})
+        assert shown == sorted(tags), (names, shown)

@@ -1,12 +1,9 @@
 """Runs that survive clusters: kill -9 and resume, SIGTERM/SIGUSR1, the lock, divergence, bad checkpoints."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +12,8 @@ from typer.testing import CliRunner
 
 from taylorcli.cli import app
 from taylorcli.run.directory import RunLock
+
+from conftest import run_signalled
 
 # 256 digits, batch 32: 8 steps an epoch, 4 epochs, a checkpoint every 3 steps.
 RECIPE = {
@@ -48,19 +47,6 @@ def finish(recipe_file, out, *extra):
     return proc.returncode, stdout, stderr
 
 
-def wait_for_checkpoint(out, proc, at_least=1, timeout=120):
-    """Block until `at_least` complete checkpoints exist (orbax renames a step folder when done)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ckpts = out / "checkpoints"
-        done = [p for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.is_dir() else []
-        if len(done) >= at_least:
-            return
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    raise AssertionError("no checkpoint appeared")
-
-
 def resumed_from(stdout):
     """The first step of a run, from its closing line `done: steps S..T in ...`."""
     line = next(l for l in stdout.splitlines() if l.startswith("done: steps "))
@@ -89,34 +75,32 @@ def assert_same(a, b):
             np.testing.assert_array_equal(a[2][name][model], b[2][name][model])
 
 
-@pytest.mark.parametrize("checkpoints_before_kill", [1, 3])
-def test_sigkill_and_resume_gives_the_same_results(checkpoints_before_kill, recipe_file, uninterrupted,
-                                                   tmp_path):
+# Checkpoints every 3 steps: a save starts only after the previous one is finished and
+# signed, so right after step 6 the step-3 checkpoint is complete, and after step 12 the
+# step-9 one (steps 8 and 12 are evaluations too, 8 a kept epoch).
+@pytest.mark.parametrize("kill_at", [7, 13])
+def test_sigkill_and_resume_gives_the_same_results(kill_at, recipe_file, uninterrupted, tmp_path):
     out = tmp_path / "run"
-    proc = start(recipe_file, out)
-    wait_for_checkpoint(out, proc, checkpoints_before_kill)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed = run_signalled(["train", recipe_file, "--out", out], kill_at, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     metrics = (out / "metrics.csv").read_text().splitlines()
-    assert len(metrics) < len(uninterrupted[0].decode().splitlines()), "killed too late to test"
+    assert len(metrics) < len(uninterrupted[0].decode().splitlines())
     code, stdout, stderr = finish(recipe_file, out)  # the same command continues the run
     assert code == 0, stderr
-    assert resumed_from(stdout) > 0, "started over instead of resuming"
+    assert 3 <= resumed_from(stdout) < kill_at, "started over instead of resuming"
     assert_same(results(out), uninterrupted)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_preemption_signal_checkpoints_and_exits_75(sig, recipe_file, uninterrupted, tmp_path):
     out = tmp_path / "run"
-    proc = start(recipe_file, out)
-    wait_for_checkpoint(out, proc, 1)
-    proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 75, stderr
-    assert "stopped" in stderr and "Traceback" not in stderr
+    stopped = run_signalled(["train", recipe_file, "--out", out], 10, sig)
+    assert stopped.returncode == 75, stopped.stderr
+    assert "stopped" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert "checkpoint saved at step 10" in stopped.stderr  # the step boundary after the signal
     code, stdout, stderr = finish(recipe_file, out)
     assert code == 0, stderr
-    assert resumed_from(stdout) > 0, "started over instead of resuming"
+    assert resumed_from(stdout) == 10
     assert_same(results(out), uninterrupted)
 
 
@@ -148,22 +132,48 @@ def test_live_run_holds_the_lock(recipe_file, tmp_path):
     assert result.exit_code == 0, result.output
 
 
-def test_corrupt_checkpoint_is_named(recipe_file, tmp_path):
+def _newest_checkpoint(out):
+    return max((p for p in (out / "checkpoints").iterdir() if p.name.isdigit()),
+               key=lambda p: int(p.name))
+
+
+def _flip_a_byte(folder):
+    """One flipped byte in the largest data file of a checkpoint (silent damage)."""
+    target = max((f for f in (folder / "state").rglob("*") if f.is_file()),
+                 key=lambda f: f.stat().st_size)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+
+
+def test_a_damaged_checkpoint_is_named_and_an_earlier_one_used(recipe_file, uninterrupted,
+                                                               tmp_path):
     out = tmp_path / "run"
-    proc = start(recipe_file, out)
-    wait_for_checkpoint(out, proc, 1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    newest = max((p for p in (out / "checkpoints").iterdir() if p.name.isdigit()),
-                 key=lambda p: int(p.name))
-    for f in (newest / "state").rglob("*"):
-        if f.is_file():
-            f.write_bytes(b"garbage")
+    killed = run_signalled(["train", recipe_file, "--out", out], 13, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    newest = _newest_checkpoint(out)
+    _flip_a_byte(newest)
+    code, stdout, stderr = finish(recipe_file, out)
+    assert code == 0, stderr
+    assert f"checkpoint {newest} is damaged" in stderr and "Traceback" not in stderr
+    assert resumed_from(stdout) < int(newest.name)
+    assert_same(results(out), uninterrupted)  # nothing of the garbage reached the tables
+
+
+def test_all_checkpoints_damaged_is_one_line_and_changes_nothing(recipe_file, tmp_path):
+    out = tmp_path / "run"
+    killed = run_signalled(["train", recipe_file, "--out", out], 7, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    for folder in (p for p in (out / "checkpoints").iterdir() if p.name.isdigit()):
+        for f in (folder / "state").rglob("*"):
+            if f.is_file():
+                f.write_bytes(b"garbage")
     before = (out / "metrics.csv").read_bytes()
     code, stdout, stderr = finish(recipe_file, out)
     assert code == 2, stderr
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and str(newest) in lines[0] and "Traceback" not in stderr
+    assert len(lines) == 1 and "is damaged" in lines[0] and "Traceback" not in stderr
+    assert "--no-resume (it deletes" in lines[0]
     assert (out / "metrics.csv").read_bytes() == before
 
 

@@ -233,7 +233,15 @@ def test_children_metrics_against_direct_computation(parent, tmp_path):
     errs = [float(np.mean(np.argmax(l, -1) != ds.test_y)) for l in logits]
     assert table.iloc[-1]["test_err_a"] == pytest.approx(errs[0])
     assert table.iloc[-1]["test_err_b"] == pytest.approx(errs[1])
-    assert table.iloc[-1]["barrier"] >= 0
+    # The barrier: test errors on the straight line between the children (11 points, α = 0
+    # at child1), above the chord between their own errors, recomputed here.
+    pa, pb = state["params"]["child0"], state["params"]["child1"]
+    line = []
+    for alpha in np.linspace(0.0, 1.0, 11):
+        mix = jax.tree.map(lambda a, b: alpha * a + (1 - alpha) * b, pa, pb)
+        line.append(float(np.mean(np.argmax(model.apply({"params": mix}, x), -1) != ds.test_y)))
+    chord = np.linspace(line[0], line[-1], 11)
+    assert table.iloc[-1]["barrier"] == pytest.approx(max(np.array(line) - chord), abs=1e-9)
 
 
 def test_cli_spawn_sweep_writes_the_summary_and_resumes(parent, tmp_path):

@@ -358,3 +358,74 @@ def test_divergence_flags_in_metrics(tiny_recipe, tmp_path):
                 np.testing.assert_array_equal(dist[k], dist[first], err_msg=f"{name} moved after diverging")
                 np.testing.assert_array_equal(logits[steps[k]][name], logits[steps[first]][name])
     assert any_diverged, "lr=1e6 without clipping was expected to blow up at least one model"
+
+
+# ---------------------------------------------------------------------------
+# The authors' data pipeline: one crop offset per batch, the last partial batch kept
+
+
+def test_steps_per_epoch_drop_and_keep_the_last_partial_batch(tiny_recipe):
+    from taylorcli.engine.lockstep import steps_per_epoch
+
+    cifar = tiny_recipe("train.batch_size=256")
+    assert steps_per_epoch(cifar, 50_000) == 195
+    keep = tiny_recipe("train.batch_size=256", "train.last_batch=keep")
+    assert steps_per_epoch(keep, 50_000) == 196  # the authors' 196 steps per epoch
+    assert steps_per_epoch(keep, 51_200) == 200  # nothing left over: nothing to keep
+
+
+def _offset(original, cropped, pad):
+    """The (row, column) offset at which `cropped` was cut out of the zero-padded `original`."""
+    h, w = original.shape[:2]
+    padded = np.pad(original, ((pad, pad), (pad, pad), (0, 0)))
+    found = [(a, b) for a in range(2 * pad + 1) for b in range(2 * pad + 1)
+             if np.array_equal(padded[a:a + h, b:b + w], cropped)]
+    assert len(found) == 1
+    return found[0]
+
+
+@pytest.mark.parametrize("crop", ["per_image", "per_batch"])
+def test_crop_offsets_per_image_or_one_per_batch(crop):
+    rng = np.random.default_rng(3)
+    images = rng.integers(1, 256, (16, 8, 8, 1), dtype=np.uint8)  # no zeros: offsets are unique
+    x = data_lib.augment(jax.random.key(5), images, pad=2, flip=False, mean=(0.0,), std=(1.0,),
+                         crop=crop)
+    back = np.rint(np.asarray(x) * 255).astype(np.uint8)
+    offsets = {_offset(images[i], back[i], 2) for i in range(len(images))}
+    assert (len(offsets) == 1) == (crop == "per_batch"), offsets
+
+
+def test_the_last_partial_batch_trains_on_its_own_examples(tiny_recipe):
+    """72 examples at batch 32: steps of 32, 32 and 8; the 8-example step is SGD on their mean loss."""
+    recipe = tiny_recipe("data.train_limit=72", "train.last_batch=keep", "data.crop=per_batch",
+                         "optim.lr=0.5", "optim.grad_clip=null", "taylor.orders=[]")
+    ds, spec, engine, state, step_fn, train_x, train_y = lockstep(recipe)
+    assert engine.steps_per_epoch == 3
+    model = build_model(recipe.model, spec.num_classes)
+    f = lambda p, x: model.apply({"params": p}, x)
+    aug_key = rng_streams(recipe.seed)["augment"]
+    perm = epoch_permutation(recipe.seed, 0, len(ds.train_y))
+    accuracies = []
+    for t in range(3):
+        before = state["params"]["full"]
+        state, stats = step_fn(state, perm, train_x, train_y)
+        # The same augmentation draw, then only the examples of this step.
+        padded = np.concatenate([np.asarray(perm), np.asarray(perm)[:24]])
+        idx = padded[t * 32:(t + 1) * 32]
+        x = data_lib.augment(jax.random.fold_in(aug_key, t), ds.train_x[idx], pad=2, flip=False,
+                             mean=ds.mean, std=ds.std, crop="per_batch")
+        real = 32 if t < 2 else 8
+        loss, g = jax.value_and_grad(lambda p: ce_loss(f(p, x[:real]), ds.train_y[idx[:real]]))(before)
+        np.testing.assert_allclose(stats["full"][0], loss, rtol=1e-5)
+        hits = np.argmax(np.asarray(f(before, x[:real])), -1) == ds.train_y[idx[:real]]
+        assert int(stats["full"][1]) == int(hits.sum())
+        accuracies.append(hits.mean())
+        for got, b, gg in zip(jax.tree.leaves(state["params"]["full"]), jax.tree.leaves(before),
+                              jax.tree.leaves(g)):
+            np.testing.assert_allclose(got, np.asarray(b) - 0.5 * np.asarray(gg), rtol=1e-4,
+                                       atol=1e-6)
+    assert int(state["step"]) == 3
+    # train_acc at the next evaluation: the mean of the three minibatch accuracies (8 of them
+    # in the last), not correct answers over 3 full batches
+    acc = float(state["stats"]["full"][1] / state["stats"]["full"][2])
+    assert acc == pytest.approx(np.mean(accuracies), rel=1e-6)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from .. import data as data_lib
 from ..errors import RecipeError
 from ..models import abstract_params, build_model, count_params
-from .lockstep import build_engine, init_state, make_train_step
+from .lockstep import build_engine, init_state, make_train_step, steps_per_epoch
 
 MAX_STEPS = 2**31 - 1  # the step counter is an int32 on the device
 
@@ -101,11 +101,11 @@ def state_size(recipe, spec) -> tuple[int, int, int]:
 def check_fits(recipe, spec, source: str = "recipe") -> None:
     """Refuse, in one line, a run that cannot survive: too many steps for the step counter, or
     parameters, optimizer states and gradients that cannot fit on a device."""
-    steps = recipe.train.epochs * (spec.train_size // recipe.train.batch_size)
+    spe = steps_per_epoch(recipe, spec.train_size)
+    steps = recipe.train.epochs * spe
     if steps > MAX_STEPS:
-        raise RecipeError(f"{source}: key train.epochs: {recipe.train.epochs} epochs of "
-                          f"{spec.train_size // recipe.train.batch_size} steps are {steps:,} "
-                          f"steps; expected at most {MAX_STEPS:,} in one run")
+        raise RecipeError(f"{source}: key train.epochs: {recipe.train.epochs} epochs of {spe} "
+                          f"steps are {steps:,} steps; expected at most {MAX_STEPS:,} in one run")
     whole, one, params = state_size(recipe, spec)
     models = len(build_engine(recipe, spec).specs)
     share = len(jax.local_devices()) if recipe.train.split_models else 1

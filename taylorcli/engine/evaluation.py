@@ -13,11 +13,11 @@ from ..metrics import cos_func, cos_param, layer_movement, layer_paths, loss_and
 from .lockstep import FULL, make_eval_logits, order_of
 
 
-def mean_stats(sums: dict, batch: int) -> dict[str, tuple[float, float]]:
+def mean_stats(sums: dict) -> dict[str, tuple[float, float]]:
     """Mean minibatch loss and accuracy since the last evaluation point (NaN before any step)."""
     out = {}
-    for name, (loss, correct, count) in sums.items():
-        out[name] = ((float(loss / count), float(correct / (batch * count))) if count
+    for name, (loss, accuracy, count) in sums.items():
+        out[name] = ((float(loss / count), float(accuracy / count)) if count
                      else (math.nan, math.nan))
     return out
 
@@ -61,7 +61,7 @@ class Evaluator:
         logits = self.logits(state)
         geometry = jax.device_get(self.geometry(state))
         diverged = jax.device_get(state["diverged"])
-        train_stats = mean_stats(jax.device_get(state["stats"]), self.engine.batch_size)
+        train_stats = mean_stats(jax.device_get(state["stats"]))
         rows, layer_rows = [], []
         for name in self.engine.names:
             test_loss, test_acc = loss_and_accuracy(logits[name], self.test_y, self.engine.loss)

@@ -108,6 +108,9 @@ class Engine:
     streams: tuple[int, ...] = (0,)  # data-noise stream seeds; specs index into them
     start_step: int = 0  # a spawned run's first step: re-expansion intervals count from here
     layers: tuple[str, ...] = ()  # the network's layers, input to output (layers.csv's order)
+    train_size: int = 0  # examples per epoch; with keep_last, the last batch holds the rest
+    keep_last: bool = False  # train on the last partial batch of each epoch (the authors' code)
+    crop: str = "per_image"  # random crop offsets per image, or one per batch (the authors')
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -123,24 +126,33 @@ class Engine:
                 for s in self.specs}
 
 
+def steps_per_epoch(recipe, train_size: int) -> int:
+    """Optimizer steps per epoch: whole batches, plus the last partial one with last_batch: keep."""
+    whole, rest = divmod(train_size, recipe.train.batch_size)
+    return whole + (1 if rest and recipe.train.last_batch == "keep" else 0)
+
+
 def build_engine(recipe, spec) -> Engine:
     """The engine a recipe describes, for a dataset of the given spec."""
-    steps_per_epoch = spec.train_size // recipe.train.batch_size
+    spe = steps_per_epoch(recipe, spec.train_size)
     model = build_model(recipe.model, spec.num_classes)
     return Engine(
         apply=apply_fn(model),
         specs=model_specs(recipe),
-        optimizer=make_optimizer(recipe.optim, steps_per_epoch),
+        optimizer=make_optimizer(recipe.optim, spe),
         loss=make_loss(recipe.train.loss, spec.num_classes),
         batch_size=recipe.train.batch_size,
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=spe,
         pad=recipe.data.pad,
         flip=recipe.data.flip,
         mean=tuple(spec.mean),
         std=tuple(spec.std),
         streams=noise_streams(recipe),
-        start_step=spawn_step(recipe, steps_per_epoch),
+        start_step=spawn_step(recipe, spe),
         layers=tuple(layer_names(model, spec.image_shape)),
+        train_size=spec.train_size,
+        keep_last=recipe.train.last_batch == "keep" and spec.train_size % recipe.train.batch_size > 0,
+        crop=recipe.data.crop,
     )
 
 
@@ -178,7 +190,7 @@ def lockstep_state(engine: Engine, step, theta, opt_state) -> dict:
 
 
 def zero_stats(engine: Engine) -> dict:
-    """Per model [Σ minibatch loss, Σ correct, number of minibatches] since the last evaluation."""
+    """Per model [Σ minibatch loss, Σ minibatch accuracy, number of minibatches] since the last evaluation."""
     return {n: jnp.zeros(3, jnp.float32) for n in engine.names}
 
 
@@ -203,28 +215,37 @@ def make_train_step(engine: Engine, seed: int) -> Callable:
 
     def batch(state, perms, train_x, train_y, j):
         i = state["step"] % engine.steps_per_epoch
-        idx = jax.lax.dynamic_slice_in_dim(perms[j], i * engine.batch_size, engine.batch_size)
+        perm, weights = perms[j], None
+        if engine.keep_last:
+            # The last batch of an epoch is partial: padded to the batch size with examples
+            # that weigh nothing, so one compiled step serves every step of the epoch.
+            pad = engine.steps_per_epoch * engine.batch_size - perm.shape[0]
+            perm = jnp.concatenate([perm, perm[:pad]])
+            position = i * engine.batch_size + jnp.arange(engine.batch_size)
+            weights = (position < engine.train_size).astype(jnp.float32)
+        idx = jax.lax.dynamic_slice_in_dim(perm, i * engine.batch_size, engine.batch_size)
         x = data_lib.augment(jax.random.fold_in(aug_keys[j], state["step"]), train_x[idx],
-                             pad=engine.pad, flip=engine.flip, mean=engine.mean, std=engine.std)
+                             pad=engine.pad, flip=engine.flip, mean=engine.mean, std=engine.std,
+                             crop=engine.crop)
         y = train_y[idx]
         if engine.batch_sharding is not None:
             x = jax.lax.with_sharding_constraint(x, engine.batch_sharding)
             y = jax.lax.with_sharding_constraint(y, engine.batch_sharding)
-        return x, y
+        return x, y, weights
 
     def step(state, perms, train_x, train_y):
         perms = perms[None] if perms.ndim == 1 else perms  # one stream: a plain permutation will do
         batches = [batch(state, perms, train_x, train_y, j) for j in range(len(engine.streams))]
         fns = engine.model_fns(state)
         new = {"params": {}, "opt": {}, "diverged": {}}
-        stats = {}
+        stats, sums_step = {}, {}
         for spec in engine.specs:
             name, fn = spec.name, fns[spec.name]
-            x, y = batches[spec.stream]
+            x, y, weights = batches[spec.stream]
 
-            def loss_fn(p, fn=fn, x=x, y=y):
+            def loss_fn(p, fn=fn, x=x, y=y, weights=weights):
                 logits = fn(p, x)
-                return engine.loss(logits, y), logits
+                return engine.loss(logits, y, weights), logits
 
             params = state["params"][name]
             (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -237,9 +258,14 @@ def make_train_step(engine: Engine, seed: int) -> Callable:
             new["params"][name] = jax.tree.map(keep, params, stepped)
             new["opt"][name] = jax.tree.map(keep, state["opt"][name], opt)
             new["diverged"][name] = diverged
-            stats[name] = jnp.stack([loss, jnp.sum(jnp.argmax(logits, -1) == y).astype(loss.dtype)])
+            hits = (jnp.argmax(logits, -1) == y).astype(loss.dtype)
+            correct = jnp.sum(hits) if weights is None else jnp.sum(hits * weights)
+            stats[name] = jnp.stack([loss, correct])
+            examples = engine.batch_size if weights is None else jnp.sum(weights)
+            # Per step: the minibatch loss and accuracy, and one more minibatch.
+            sums_step[name] = jnp.stack([loss, correct / examples, jnp.ones_like(loss)])
         # The running sums live in the state, so a checkpoint between evaluations loses nothing.
-        sums = {n: state["stats"][n] + jnp.append(stats[n], 1.0) for n in stats}
+        sums = {n: state["stats"][n] + sums_step[n] for n in stats}
         if "centers" in state:
             # Moved at the end of the step that reaches a re-expansion point, so the state always
             # holds the expansion point of the step it is at (evaluations and kernels see it too).

@@ -33,9 +33,19 @@ def make_optimizer(optim, steps_per_epoch: int) -> optax.GradientTransformation:
 
 
 def make_loss(kind: str, num_classes: int) -> Callable:
-    """Mean loss over a batch from logits and integer labels."""
+    """`loss(logits, labels, weights=None)`: the mean loss over a batch (weighted: over the
+    examples that weigh something, for a padded partial batch)."""
     if kind == "mse":
         # Lee et al.: L = 1/(2N) Σ ‖f(x) − y‖² with one-hot targets.
-        return lambda logits, y: 0.5 * jnp.mean(
-            jnp.sum((logits - jax.nn.one_hot(y, num_classes)) ** 2, axis=-1))
-    return lambda logits, y: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+        each = lambda logits, y: 0.5 * jnp.sum((logits - jax.nn.one_hot(y, num_classes)) ** 2,
+                                               axis=-1)
+    else:
+        each = optax.softmax_cross_entropy_with_integer_labels
+
+    def loss(logits, y, weights=None):
+        values = each(logits, y)
+        if weights is None:
+            return jnp.mean(values)
+        return jnp.sum(values * weights) / jnp.sum(weights)
+
+    return loss

@@ -58,6 +58,11 @@ def build_report(results_dir: str | Path = "runs", out: str | Path | None = None
             runs.append(load_run(p, _run_name(root, p)))
         except RunDirError as e:
             broken[_run_name(root, p)] = str(e).removeprefix(f"{p}: ")
+    if not runs:
+        name, why = next(iter(broken.items()))
+        raise ReportError(f"RESULTS_DIR {root}: no readable run ({len(broken)} found, none "
+                          f"readable; {name}: {why})")
+    skipped_rows = [note for r in runs for note in r.notes]
     runs, merge_notes = merge_runs(runs)  # subset runs of one recipe, as if in lockstep
     paper = load_paper(paper_dir)
     t1_settings = {r.name: s for r in runs if (s := table1_setting(r, paper))}
@@ -71,7 +76,7 @@ def build_report(results_dir: str | Path = "runs", out: str | Path | None = None
             notes.append(f"paper table {paper.folder / name} not found: its columns are empty")
 
     mapped, missing = paper_mapping(runs, t1_settings, paper)
-    notes += run_notes(runs, t1_settings, paper, broken, missing) + merge_notes
+    notes += skipped_rows + run_notes(runs, t1_settings, paper, broken, missing) + merge_notes
 
     report.tables["runs"] = (TITLES["runs"], runs_table(runs, broken, mapped, missing))
     report.tables["table1"] = (TITLES["table1"], table1(runs, t1_settings, paper))
@@ -123,7 +128,7 @@ def markdown(report: Report, results_dir: str | Path) -> str:
     parts = [
         "# Taylorized training: tables and figures from runs\n",
         f"From the {len(runs)} run(s) under `{Path(results_dir).as_posix()}`, with the numbers of "
-        f"Bai et al. (2020) from `results/paper/` beside ours. Accuracies and cosines are on the "
+        f"Bai et al. (2020) (shipped in `taylorcli/paper/`) beside ours. Accuracies and cosines are on the "
         f"test set. \"Final\" is a run's last evaluation (its last epoch if incomplete). Tables 3 "
         f"and 4 take each value at the requested epoch, or at the nearest earlier evaluated "
         f"epoch, which the `epoch_epN` columns show. Each run's resolved recipe is in "

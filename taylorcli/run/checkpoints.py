@@ -25,6 +25,19 @@ from ..errors import CheckpointError
 DIGEST = "taylorcli_digest.json"
 
 
+class _OrbaxErrors(logging.Filter):
+    """Orbax logs a failed save (a full disk) with tracebacks from its threads, then raises the
+    same error to the caller; taylorcli says it in one line, so the log records are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+_ABSL = logging.getLogger("absl")
+if not any(isinstance(f, _OrbaxErrors) for f in _ABSL.filters):
+    _ABSL.addFilter(_OrbaxErrors())
+
+
 def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != DIGEST)
 
@@ -195,8 +208,8 @@ def _write_json(path: Path, value) -> None:
 
 
 def _save_error(directory: Path, e: BaseException) -> CheckpointError:
-    text = " ".join(str(e).split())[:200] or type(e).__name__
-    full = "No space left" in text or "ENOSPC" in text
-    cause = "the disk is full" if full else text
+    whole = " ".join(str(e).split())
+    full = any(sign in whole for sign in ("No space left", "ENOSPC", "os_error_code='28'"))
+    cause = "the disk is full" if full else (whole[:200] or type(e).__name__)
     return CheckpointError(f"{directory}: cannot save a checkpoint ({cause}); the run stays "
                            f"resumable from its last complete checkpoint")

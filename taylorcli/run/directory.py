@@ -195,7 +195,7 @@ class RunDir:
                 raise RunDirError(f"--out {p}: holds a spawn sweep (atE/ runs and its summary), "
                                   f"not a run; choose another --out")
             return "run"
-        entries = [e.name for e in p.iterdir() if e.name not in (".lock",)]
+        entries = [e.name for e in p.iterdir() if not e.name.startswith(".")]
         if not entries:
             return "new"
         shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")

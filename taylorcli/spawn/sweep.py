@@ -84,7 +84,9 @@ def claim_sweep_folder(out: Path, settings: dict) -> None:
                               f"{'' if theirs.get('parent') == settings['parent'] else ', another parent'}"
                               f"); give this sweep another --out")
         return
-    if out.is_dir() and any(out.iterdir()):
+    # Hidden entries aside: a sweep's array task that is creating the folder this instant has
+    # written nothing but its marker's temporary file yet.
+    if out.is_dir() and any(not e.name.startswith(".") for e in out.iterdir()):
         raise RunDirError(f"--out {out}: exists and is not a spawn sweep's folder (no run.json); "
                           f"choose a new or empty folder")
     folder.prepare()
