@@ -1,4 +1,5 @@
-"""The networks of the papers: CNN-L-C, WideResNet-16-k-C (no batch norm) and an MLP.
+"""The networks: the papers' CNN-L-C, WideResNet-16-k-C (no batch norm) and MLP, or any flax
+module of the user's, by import path ('package.module:ClassName', arguments in model.kwargs).
 
 Standard parameterization: Glorot-normal weights, small normal biases (as
 `jax.example_libraries.stax`, which the papers' code used: N(0, 1e-6²) for
@@ -8,13 +9,20 @@ convolutions, N(0, 1e-2²) for dense layers). NTK parameterization (Lee et al.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import importlib
 import math
+import os
+import sys
 from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from .errors import ModelError
 
 ACTIVATIONS: dict[str, Callable] = {
     "relu": jax.nn.relu,
@@ -91,8 +99,6 @@ class _Network(nn.Module):
         return self._activate, kw
 
     def _activate(self, x):
-        # Sown only when applied with mutable=["intermediates"]: the on/off patterns of Fort et al.
-        self.sow("intermediates", "preactivations", x)
         return ACTIVATIONS[self.activation](x)
 
 
@@ -145,19 +151,110 @@ class MLP(_Network):
         return Dense(self.num_classes, name="dense", **kw)(x)
 
 
+BUILTIN = {"cnn": CNN, "wrn": WideResNet, "mlp": MLP}
+
+
 def build_model(cfg, num_classes: int) -> nn.Module:
-    """The flax module a recipe's `model` section describes."""
+    """The flax module a recipe's `model` section describes: built in, or the user's by import path."""
+    if cfg.arch not in BUILTIN:
+        return user_module(cfg, num_classes)
     common = dict(
         num_classes=num_classes, activation=cfg.activation,
         parameterization=cfg.parameterization, w_std=cfg.w_std, b_std=cfg.b_std,
     )
-    if cfg.arch == "cnn":
-        return CNN(depth=cfg.depth, width=cfg.width, **common)
     if cfg.arch == "wrn":
         return WideResNet(depth=cfg.depth, widen=cfg.widen, width=cfg.width, **common)
-    if cfg.arch == "mlp":
-        return MLP(depth=cfg.depth, width=cfg.width, **common)
-    raise ValueError(f"unknown architecture {cfg.arch!r}")
+    return BUILTIN[cfg.arch](depth=cfg.depth, width=cfg.width, **common)
+
+
+def import_module_class(arch: str, module_path: str | None = None) -> type:
+    """The class 'package.module:Name' names, imported from module_path or the working directory."""
+    module_name, _, class_name = arch.partition(":")
+    where = [p for p in (module_path, os.getcwd()) if p]
+    added = [p for p in where if p not in sys.path]
+    sys.path[:0] = added  # only while importing: the user's folder must not shadow anything later
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise ModelError(f"key model.arch: cannot import {module_name!r} ({e}); looked in "
+                         f"{', '.join(where)} and the installed packages") from None
+    except Exception as e:  # noqa: BLE001 - the user's module failed while importing
+        raise ModelError(f"key model.arch: importing {module_name!r} failed "
+                         f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    finally:
+        for p in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(p)
+    found = getattr(module, class_name, None)
+    if found is None:
+        raise ModelError(f"key model.arch: module {module_name!r} has no attribute "
+                         f"{class_name!r}")
+    if not (isinstance(found, type) and issubclass(found, nn.Module)):
+        raise ModelError(f"key model.arch: {arch} is a {type(found).__name__}, not a flax "
+                         f"linen Module class")
+    return found
+
+
+def user_module(cfg, num_classes: int) -> nn.Module:
+    """`Name(**model.kwargs)`, with num_classes from the data when the module has that field."""
+    cls = import_module_class(cfg.arch, cfg.module_path)
+    kwargs = dict(cfg.kwargs)
+    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    if "num_classes" in fields and "num_classes" not in kwargs:
+        kwargs["num_classes"] = num_classes
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ModelError(f"key model.kwargs: {cfg.arch}({', '.join(kwargs)}) cannot be built "
+                         f"({' '.join(str(e).split())[:200]})") from None
+
+
+def inspect_model(model: nn.Module, image_shape, num_classes: int, arch: str = "model") -> list[str]:
+    """Check that a module is one a Taylor expansion can follow; its layers, input to output.
+
+    Traced abstractly (nothing is computed): the module must need no randomness besides its
+    initialization (no dropout), keep no state besides its parameters (no batch-norm
+    statistics), and return logits of shape (batch, num_classes). The layers are its top-level
+    submodules in call order: `init` returns them in that order, but any JAX transformation of
+    the dict sorts its keys (`dense` before `dense1`, `conv10` before `conv2`).
+    """
+    seen: dict = {}
+
+    def trace(key):
+        x = jnp.zeros((2, *image_shape), jnp.float32)
+        variables = model.init({"params": key}, x)
+        seen["collections"] = [c for c in variables if c != "params"]
+        seen["layers"] = [str(k) for k in variables.get("params", {})]
+        return model.apply({"params": variables.get("params", {})}, x)
+
+    try:
+        out = jax.eval_shape(trace, jax.random.key(0))
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the user's module raises
+        text = " ".join(str(e).split())
+        if "rng" in text.lower() or "prng" in text.lower():
+            raise ModelError(f"key model.arch: {arch} draws random numbers when applied "
+                             f"(dropout?); a Taylorized model is a fixed function of its "
+                             f"parameters, so make the module deterministic") from None
+        if "mutable" in text.lower() or "batch_stats" in text:
+            raise ModelError(f"key model.arch: {arch} updates state when applied (batch norm "
+                             f"statistics?), which a Taylor expansion in the parameters cannot "
+                             f"follow; use a module without normalization state") from None
+        raise ModelError(f"key model.arch: {arch} fails on inputs of shape "
+                         f"(batch, {', '.join(map(str, image_shape))}) "
+                         f"({type(e).__name__}: {text[:200]})") from None
+    if seen["collections"]:
+        raise ModelError(f"key model.arch: {arch} keeps state in {', '.join(seen['collections'])} "
+                         f"(batch norm statistics?), which a Taylor expansion in the parameters "
+                         f"cannot follow; use a module whose only variables are its parameters")
+    if not seen["layers"]:
+        raise ModelError(f"key model.arch: {arch} has no parameters")
+    shape = getattr(out, "shape", None)
+    if shape != (2, num_classes):
+        raise ModelError(f"key model.arch: {arch} returns {'shape ' + str(shape) if shape else type(out).__name__} "
+                         f"for a batch of 2; expected logits of shape (batch, {num_classes})")
+    return seen["layers"]
 
 
 def init_params(model: nn.Module, key, image_shape) -> dict:
@@ -171,16 +268,11 @@ def abstract_params(model: nn.Module, image_shape) -> dict:
 
 
 def layer_names(model: nn.Module, image_shape) -> list[str]:
-    """The network's top-level submodules in the order they are called (no computation).
-
-    `init` returns them in that order, but any JAX transformation of the dict sorts its keys
-    (`dense` before `dense1`, `conv10` before `conv2`), so the order is read while tracing.
-    """
+    """The network's top-level submodules in the order they are called (no computation)."""
     seen: list[list[str]] = []
 
     def trace(key):
-        params = init_params(model, key, image_shape)
-        seen.append([str(k) for k in params])
+        seen.append([str(k) for k in init_params(model, key, image_shape)])
         return 0
 
     jax.eval_shape(trace, jax.random.key(0))
@@ -197,7 +289,37 @@ def apply_fn(model: nn.Module) -> Callable:
     return lambda params, x: model.apply({"params": params}, x)
 
 
-def preactivations(model: nn.Module, params, x) -> list[jax.Array]:
-    """The input of every activation in the network, one array per activation, batch first."""
-    _, state = model.apply({"params": params}, x, mutable=["intermediates"])
-    return [a.reshape(a.shape[0], -1) for a in jax.tree.leaves(state["intermediates"])]
+def relu_inputs(apply: Callable, params, x) -> list[jax.Array]:
+    """The input of every ReLU (`jax.nn.relu`) that `apply(params, x)` computes, batch first.
+
+    Read off the computation itself (its jaxpr), so it works for any module, built in or not.
+    """
+    from jax.extend import core as jcore
+
+    from .taylor import CALL_PRIMITIVES, is_relu
+
+    closed = jax.make_jaxpr(apply)(params, x)
+    found: list[jax.Array] = []
+
+    def run(jaxpr, consts, args):
+        env = dict(zip(jaxpr.constvars, consts)) | dict(zip(jaxpr.invars, args))
+        read = lambda v: v.val if isinstance(v, jcore.Literal) else env[v]
+        for eqn in jaxpr.eqns:
+            vals = [read(v) for v in eqn.invars]
+            name = eqn.primitive.name
+            if name == "custom_jvp_call" and is_relu(eqn):
+                found.append(vals[0])
+            sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+            if name in CALL_PRIMITIVES | {"custom_jvp_call"} and sub is not None:
+                inner = sub.jaxpr if isinstance(sub, jcore.ClosedJaxpr) else sub
+                outs = run(inner, sub.consts if isinstance(sub, jcore.ClosedJaxpr) else [], vals)
+            else:
+                with eqn.ctx.manager:
+                    outs = eqn.primitive.bind(*vals, **eqn.primitive.get_bind_params(eqn.params))
+                outs = outs if eqn.primitive.multiple_results else [outs]
+            for var, val in zip(eqn.outvars, outs):
+                env[var] = val
+        return [read(v) for v in jaxpr.outvars]
+
+    run(closed.jaxpr, closed.consts, jax.tree.leaves((params, x)))
+    return [a.reshape(a.shape[0], -1) for a in found]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, get_args, get_origin
@@ -36,6 +37,13 @@ class _Sequence:
 
     def __init__(self, kind: str):
         self.kind = kind
+
+
+class _Says:
+    """What a field accepts, in words, where its type alone does not say it."""
+
+    def __init__(self, text: str):
+        self.text = text
 
 
 def _number_from_text(value: Any) -> Any:
@@ -91,11 +99,56 @@ class Section(BaseModel):
 
 # ---- the schema ----
 
+BUILTIN_DATASETS = ("digits", "cifar10", "cifar100", "synthetic", "npz")
+BUILTIN_ARCHS = ("cnn", "wrn", "mlp")
+_TFDS_NAME = re.compile(r"[a-z][a-z0-9_]*(/[a-z0-9_.]+)?(:\d+\.\d+\.\d+)?")
+_IMPORT_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _dataset_name(value: str) -> str:
+    if value in BUILTIN_DATASETS or _TFDS_NAME.fullmatch(value):
+        return value
+    raise PydanticCustomError("value", "expected digits, cifar10, cifar100, synthetic, npz, or "
+                              "the name of a TFDS image-classification dataset (mnist, "
+                              "svhn_cropped, fashion_mnist, ...)")
+
+
+def _arch_name(value: str) -> str:
+    if value in BUILTIN_ARCHS or _IMPORT_PATH.fullmatch(value):
+        return value
+    raise PydanticCustomError("value", "expected one of cnn, wrn, mlp, or a flax module by "
+                              "import path, 'package.module:ClassName'")
+
+
+def _plain_value(value: Any, where: str = "") -> Any:
+    """YAML-plain values only (numbers, strings, booleans, null, lists, mappings of them)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise PydanticCustomError("value", "expected string keys")
+            _plain_value(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _plain_value(v)
+    elif not isinstance(value, (str, int, float, bool, type(None))):
+        raise PydanticCustomError("value", "expected plain YAML values (numbers, strings, "
+                                  "lists, mappings)")
+    return value
+
+
 class DataConfig(Section):
     """Which dataset to load and how to augment it."""
-    dataset: Literal["digits", "cifar10", "cifar100", "synthetic"] = "cifar10"
+    # digits, cifar10, cifar100, synthetic; npz (data.path); or any TFDS image-classification
+    # dataset by name (mnist, svhn_cropped, ...), read from data.data_dir
+    dataset: Annotated[str, AfterValidator(_dataset_name), _Says(
+        "one of digits, cifar10, cifar100, synthetic, npz, or a TFDS dataset name")] = "cifar10"
     data_dir: Optional[str] = None  # TFDS data_dir
     archive: Optional[str] = None  # local CIFAR python archive (.tar.gz) or extracted folder
+    path: Optional[str] = None  # dataset npz: a .npz of x_train, y_train, x_test, y_test
+    # per-channel mean and standard deviation of the [0, 1] pixels; null: computed on the
+    # training set (CIFAR: the usual constants) and written into the run's recipe.yaml
+    mean: Optional[Seq(Num())] = None
+    std: Optional[Seq(Num(gt=0))] = None
     train_limit: Optional[Int(1)] = None
     test_limit: Optional[Int(1)] = None
     synthetic_train: Int(1, 10**7) = 512
@@ -109,7 +162,15 @@ class DataConfig(Section):
 
 class ModelConfig(Section):
     """Network architecture and parameterization."""
-    arch: Literal["cnn", "wrn", "mlp"] = "cnn"
+    # cnn, wrn, mlp, or your own flax module by import path 'package.module:ClassName'
+    arch: Annotated[str, AfterValidator(_arch_name), _Says(
+        "one of cnn, wrn, mlp, or an import path 'package.module:ClassName'")] = "cnn"
+    # your module's constructor arguments (num_classes is filled in from the data if the
+    # module has such a field and kwargs does not set it)
+    kwargs: Annotated[dict[str, Any], AfterValidator(_plain_value)] = {}
+    # the folder your module is imported from (besides the working directory): by default the
+    # recipe file's own folder, recorded here so resumes and spawns find it again
+    module_path: Optional[str] = None
     depth: Int(1, 10_000) = 4  # wrn additionally needs 6n+4, checked across fields
     width: Int(1, 1 << 20) = 128  # cnn: channels; wrn: first conv channels; mlp: hidden units
     widen: Int(1, 1 << 10) = 4  # wrn widening factor k
@@ -138,15 +199,23 @@ class TrainConfig(Section):
 
 
 class OptimConfig(Section):
-    """SGD settings shared by the network and every Taylorized model."""
-    lr: Num(gt=0) = 0.1
-    momentum: Num(ge=0, lt=1) = 0.0
-    nesterov: bool = False
-    weight_decay: Num(ge=0) = 0.0
-    grad_clip: Optional[Num(gt=0)] = None  # global-norm clipping
-    schedule: Literal["constant", "step"] = "step"
+    """The optimizer (optax) shared by the network and every Taylorized model, each its own copy."""
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: Num(gt=0) = 0.1  # the peak learning rate of the schedule
+    momentum: Num(ge=0, lt=1) = 0.0  # sgd
+    nesterov: bool = False  # sgd
+    b1: Num(ge=0, lt=1) = 0.9  # adam
+    b2: Num(ge=0, lt=1) = 0.999  # adam
+    eps: Num(gt=0) = 1e-8  # adam
+    weight_decay: Num(ge=0) = 0.0  # added to the gradient (L2), before the optimizer
+    grad_clip: Optional[Num(gt=0)] = None  # global-norm clipping, per model
+    # constant; step (x decay_factor at decay_epochs); cosine (to final_lr_factor x lr at
+    # the end); warmup_cosine (linear from 0 over warmup_epochs, then cosine)
+    schedule: Literal["constant", "step", "cosine", "warmup_cosine"] = "step"
     decay_epochs: Seq(Int(1, 10**6), "increasing") = ()  # must also be < train.epochs
     decay_factor: Num(gt=0, le=1) = 0.1
+    warmup_epochs: Int(0, 10**6) = 0
+    final_lr_factor: Num(ge=0, le=1) = 0.0
 
 
 class EvalConfig(Section):
@@ -228,8 +297,30 @@ class Recipe(Section):
                 raise _rule(("models", "eval.save_logits"), "eval.save_logits",
                             "expected true with models (report and compare merge subset runs "
                             "from their saved logits), got false")
+        if self.optim.name == "adam" and (self.optim.momentum or self.optim.nesterov):
+            raise _rule(("optim.name", "optim.momentum", "optim.nesterov"), "optim.momentum",
+                        "momentum and nesterov are SGD's (Adam's first moment is optim.b1); "
+                        f"expected 0 and false with optim.name: adam, got {self.optim.momentum}")
+        if self.optim.schedule == "warmup_cosine" and self.optim.warmup_epochs >= epochs:
+            raise _rule(("optim.warmup_epochs", "train.epochs"), "optim.warmup_epochs",
+                        f"expected fewer than train.epochs ({epochs}), got "
+                        f"{self.optim.warmup_epochs}")
+        d = self.data
+        if (d.dataset == "npz") != (d.path is not None):
+            raise _rule(("data.dataset", "data.path"), "data.path",
+                        "expected the .npz file with data.dataset: npz, and only then, got "
+                        f"{d.path!r} with dataset {d.dataset}")
+        if (d.mean is None) != (d.std is None) or d.mean is not None and len(d.mean) != len(d.std):
+            raise _rule(("data.mean", "data.std"), "data.std",
+                        "expected data.mean and data.std together, one value per channel, or "
+                        f"both null, got mean {d.mean} and std {d.std}")
+        if self.model.arch in BUILTIN_ARCHS and self.model.kwargs:
+            raise _rule(("model.arch", "model.kwargs"), "model.kwargs",
+                        f"expected {{}} with the built-in arch {self.model.arch} (it takes "
+                        f"model.depth, width, ...), got {self.model.kwargs}")
         if self.eval.closed_form:
-            needs = {"train.loss": (self.train.loss, "mse"), "optim.momentum": (self.optim.momentum, 0),
+            needs = {"optim.name": (self.optim.name, "sgd"),
+                     "train.loss": (self.train.loss, "mse"), "optim.momentum": (self.optim.momentum, 0),
                      "optim.weight_decay": (self.optim.weight_decay, 0),
                      "optim.grad_clip": (self.optim.grad_clip, None),
                      "data.pad": (self.data.pad, 0), "data.flip": (self.data.flip, False)}
@@ -306,7 +397,10 @@ def _expected(key: str) -> str:
     tp, meta, optional = _unwrap(info.annotation)
     meta += info.metadata
     seq = next((m.kind for m in meta if isinstance(m, _Sequence)), None)
-    if get_origin(tp) is tuple:
+    says = next((m.text for m in meta if isinstance(m, _Says)), None)
+    if says:
+        text = says
+    elif get_origin(tp) is tuple:
         item, item_meta, _ = _unwrap(get_args(tp)[0])
         text = f"{_NOUNS[item][1]} {_limits(item_meta)}".strip()
         text = {"increasing": "a strictly increasing list of ", "distinct": "a list of distinct ",
@@ -485,7 +579,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     raw = parse_yaml(_read_text(path, source), source)
     if isinstance(raw, dict) and "name" not in raw:
         raw = {"name": path.stem, **raw}
-    return recipe_from_dict(raw, source, overrides)
+    return _with_module_path(recipe_from_dict(raw, source, overrides), path.parent)
 
 
 # ---- bundled recipes: shipped in the package (taylorcli.recipes, the checkout's recipes/) ----
@@ -530,7 +624,16 @@ def load_named_recipe(recipe: str | Path, overrides: Sequence[str] = ()) -> Reci
     raw = parse_yaml(found.read_text(encoding="utf-8"), source)
     if isinstance(raw, dict) and "name" not in raw:
         raw = {"name": str(recipe), **raw}
-    return recipe_from_dict(raw, source, overrides)
+    return _with_module_path(recipe_from_dict(raw, source, overrides),
+                             Path(str(found)).parent)
+
+
+def _with_module_path(recipe: Recipe, folder: Path) -> Recipe:
+    """A user module's recipe remembers the folder beside it, for resumes and spawns."""
+    if recipe.model.arch in BUILTIN_ARCHS or recipe.model.module_path is not None:
+        return recipe
+    model = recipe.model.model_copy(update={"module_path": str(folder.resolve())})
+    return recipe.model_copy(update={"model": model})
 
 
 # ---- writing ----

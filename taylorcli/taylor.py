@@ -382,3 +382,11 @@ def _nested(eqn, invals, order):
         xs = jnp.stack([terms[n][k] / math.factorial(n) for n in range(1, order + 1)])
         outs.append(_Series(y0, xs))
     return outs
+
+
+CALL_PRIMITIVES = frozenset(_CALLS)  # primitives whose sub-jaxpr is evaluated as a call
+
+
+def is_relu(eqn) -> bool:
+    """Whether a `custom_jvp_call` equation of a jaxpr is `jax.nn.relu`."""
+    return _is_relu(eqn)

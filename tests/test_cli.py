@@ -79,7 +79,13 @@ def test_recipe_yaml_is_resolved_recipe_with_overrides(main_run, recipe_file):
     assert raw["train"]["epochs"] == 2 and raw["eval"]["steps"] == [2]
     # Fully resolved: every field, defaults included, not just what the file said.
     assert raw["optim"]["nesterov"] is False and raw["model"]["widen"] == 4
+    # ...and the data's standardization, computed from the training set, written in.
+    from taylorcli.data import load_for_recipe, with_data_stats
+
     expected = load_recipe(recipe_file, SETS)
+    ds = load_for_recipe(expected)
+    assert raw["data"]["mean"] == list(ds.mean) and raw["data"]["std"] == list(ds.std)
+    expected = with_data_stats(expected, ds)
     assert load_recipe(out / "recipe.yaml") == expected
     assert recipe_from_dict(raw) == expected
 
@@ -269,7 +275,8 @@ BAD_SETS = {
     "order-zero": (["taylor.orders=[0,1]"], ["taylor.orders", ">= 1"]),
     "momentum-one": (["optim.momentum=1.0"], ["optim.momentum"]),
     "unknown-arch": (["model.arch=resnet"], ["model.arch", "cnn, wrn, mlp"]),
-    "unknown-dataset": (["data.dataset=mnist"], ["data.dataset", "digits"]),
+    "unknown-dataset": (["data.dataset=Not-A-Dataset"], ["data.dataset", "digits"]),
+    "missing-tfds-copy": (["data.dataset=mnist", "data.data_dir=/nonexistent"], ["mnist not found", "tfds build mnist"]),
     "wrn-depth": (["model.arch=wrn", "model.depth=15"], ["model.depth", "6n+4"]),
     "decay-after-end": (["optim.decay_epochs=[99]"], ["optim.decay_epochs"]),
     "whole-section": (["optim=3"], ["--set optim=3", "section"]),

@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -133,17 +134,19 @@ def test_truncated_pickle_is_reported(tmp_path):
         load_dataset("cifar10", archive=folder)
 
 
-def _write_tfds_copy(root, name, splits, file_format="array_record"):
+def _write_tfds_copy(root, name, splits, file_format="array_record", shape=(32, 32, 3),
+                     classes=None):
     """Write a real prepared TFDS copy (array_record shards + metadata) without TensorFlow."""
     import tensorflow_datasets as tfds
     from array_record.python import array_record_module
     from PIL import Image
 
-    labels = {"label": tfds.features.ClassLabel(num_classes=10 if name == "cifar10" else 100)}
+    classes = classes or (10 if name in ("cifar10", "mnist") else 100)
+    labels = {"label": tfds.features.ClassLabel(num_classes=classes)}
     if name == "cifar100":
         labels["coarse_label"] = tfds.features.ClassLabel(num_classes=20)
     features = tfds.features.FeaturesDict({"id": tfds.features.Text(),
-                                           "image": tfds.features.Image(shape=(32, 32, 3)),
+                                           "image": tfds.features.Image(shape=shape),
                                            **labels})
     version_dir = Path(root) / name / str(tfds.builder_cls(name).VERSION)
     version_dir.mkdir(parents=True)
@@ -154,7 +157,7 @@ def _write_tfds_copy(root, name, splits, file_format="array_record"):
             writer = array_record_module.ArrayRecordWriter(str(shard), "group_size:1")
             for i, (img, y) in enumerate(zip(images, ys)):
                 png = io.BytesIO()
-                Image.fromarray(img).save(png, format="png")
+                Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(png, format="png")
                 example = {"id": f"{split}_{i:05d}", "image": png.getvalue(), "label": int(y)}
                 if name == "cifar100":
                     example["coarse_label"] = int(y) // 5
@@ -190,7 +193,8 @@ def test_tfds_tfrecord_copy_is_rejected_with_hint(tmp_path):
 
 
 def test_tfds_corrupt_shard_is_reported(tmp_path):
-    _write_tfds_copy(tmp_path, "cifar10", {"train": (_images(2, 3), [0, 1])})
+    _write_tfds_copy(tmp_path, "cifar10", {"train": (_images(2, 3), [0, 1]),
+                                           "test": (_images(1, 4), [2])})
     shard = next((tmp_path / "cifar10").glob("*/cifar10-train.array_record-*"))
     shard.write_bytes(b"\x00" * 3000)
     with pytest.raises(DataError, match="cannot read split train") as info:
@@ -208,11 +212,14 @@ def test_missing_tfds_copy_and_no_archive(tmp_path):
     assert not missing.exists()
 
 
-def test_unknown_name():
-    for call in (lambda: load_dataset("mnist"), lambda: dataset_spec("mnist")):
-        with pytest.raises(DataError, match="cifar100") as info:
+def test_a_tfds_name_without_a_copy_says_how_to_make_one(tmp_path):
+    for call in (lambda: load_dataset("mnist", data_dir=str(tmp_path)),
+                 lambda: dataset_spec("mnist", data_dir=str(tmp_path))):
+        with pytest.raises(DataError) as info:
             call()
-        assert "digits" in str(info.value) and "synthetic" in str(info.value)
+        msg = str(info.value)
+        assert "\n" not in msg and "mnist not found" in msg and "tfds build mnist" in msg
+        assert "data.archive" not in msg  # that is CIFAR's alternative, not mnist's
 
 
 def test_specs():
@@ -334,3 +341,92 @@ def test_augment_jits():
     key = jax.random.key(4)
     eager = augment(key, imgs, pad=2, flip=True, mean=CIFAR_MEAN, std=CIFAR_STD)
     np.testing.assert_allclose(np.asarray(fn(key, imgs)), np.asarray(eager), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Any TFDS image-classification dataset, and a user's .npz
+
+
+def test_a_tfds_dataset_by_name_in_its_real_on_disk_format(tmp_path):
+    """mnist as `tfds build --file_format array_record` leaves it: 28x28 grayscale, 10 classes."""
+    rng = np.random.default_rng(4)
+    train = rng.integers(0, 256, (12, 28, 28, 1), dtype=np.uint8)
+    test = rng.integers(0, 256, (5, 28, 28, 1), dtype=np.uint8)
+    ys = (rng.integers(0, 10, 12), rng.integers(0, 10, 5))
+    _write_tfds_copy(tmp_path, "mnist", {"train": (train, ys[0]), "test": (test, ys[1])},
+                     shape=(28, 28, 1))
+    spec = dataset_spec("mnist", data_dir=str(tmp_path))
+    assert (spec.image_shape, spec.num_classes, spec.train_size, spec.test_size) == \
+        ((28, 28, 1), 10, 12, 5)
+    ds = load_dataset("mnist", data_dir=str(tmp_path))
+    np.testing.assert_array_equal(ds.train_x, train)
+    np.testing.assert_array_equal(ds.test_y, ys[1])
+    scaled = train.astype(np.float64) / 255
+    assert ds.mean == pytest.approx((scaled.mean(),)) and ds.std == pytest.approx((scaled.std(),))
+    assert "tensorflow" not in sys.modules
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_npz_arrays_with_their_shapes_classes_and_standardization(tmp_path):
+    rng = np.random.default_rng(5)
+    x_train = rng.random((20, 6, 5, 2)).astype(np.float32)  # floats: already scaled
+    x_test = rng.random((7, 6, 5, 2)).astype(np.float32)
+    y_train, y_test = rng.integers(0, 3, 20), np.array([0, 1, 2, 2, 1, 0, 3])
+    path = _npz(tmp_path / "mine.npz", x_train=x_train, y_train=y_train, x_test=x_test,
+                y_test=y_test)
+    spec = dataset_spec("npz", path=path)
+    assert (spec.image_shape, spec.num_classes, spec.train_size, spec.test_size) == \
+        ((6, 5, 2), 4, 20, 7)
+    ds = load_dataset("npz", path=path, train_limit=10)
+    np.testing.assert_array_equal(ds.train_x, x_train[:10])
+    assert ds.num_classes == 4
+    np.testing.assert_allclose(ds.mean, x_train[:10].astype(np.float64).mean(axis=(0, 1, 2)))
+    np.testing.assert_allclose(ds.std, x_train[:10].astype(np.float64).std(axis=(0, 1, 2)))
+    # grayscale uint8 without a channel axis
+    gray = rng.integers(0, 256, (9, 8, 8), dtype=np.uint8)
+    path = _npz(tmp_path / "gray.npz", x_train=gray, y_train=np.arange(9) % 2, x_test=gray[:3],
+                y_test=np.array([1, 0, 1]))
+    ds = load_dataset("npz", path=path)
+    assert ds.train_x.shape == (9, 8, 8, 1) and ds.train_x.dtype == np.uint8
+    x = standardize(ds.train_x, mean=ds.mean, std=ds.std)
+    assert float(jnp.mean(x)) == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("arrays, needle", [
+    ({}, "has no x_train, y_train, x_test, y_test"),
+    ({"x_train": np.zeros((4, 3, 3)), "y_train": np.zeros(3, int), "x_test": np.zeros((1, 3, 3)),
+      "y_test": np.zeros(1, int)}, "y_train has shape (3,)"),
+    ({"x_train": np.zeros((4,)), "y_train": np.zeros(4, int), "x_test": np.zeros((1,)),
+      "y_test": np.zeros(1, int)}, "x_train has shape (4,)"),
+    ({"x_train": np.zeros((4, 3, 3)), "y_train": np.zeros(4, int), "x_test": np.zeros((1, 4, 4)),
+      "y_test": np.zeros(1, int)}, "one image shape"),
+    ({"x_train": np.full((2, 3, 3), np.nan), "y_train": np.array([0, 1]),
+      "x_test": np.zeros((1, 3, 3)), "y_test": np.zeros(1, int)}, "NaN"),
+    ({"x_train": np.zeros((2, 3, 3)), "y_train": np.array([0.5, 1.0]),
+      "x_test": np.zeros((1, 3, 3)), "y_test": np.zeros(1, int)}, "integer class labels"),
+    ({"x_train": np.full((2, 3, 3), 300), "y_train": np.array([0, 1]),
+      "x_test": np.zeros((1, 3, 3), int), "y_test": np.zeros(1, int)}, "0..255"),
+    ({"x_train": np.array([[[object()]]] * 2, dtype=object), "y_train": np.array([0, 1]),
+      "x_test": np.zeros((1, 1, 1)), "y_test": np.zeros(1, int)}, "not a readable .npz array"),
+], ids=["no-keys", "label-count", "not-images", "two-shapes", "nan", "float-labels",
+        "int-range", "objects"])
+def test_malformed_npz_is_one_line_naming_the_file(tmp_path, arrays, needle):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **(arrays or {"other": np.zeros(1)}), allow_pickle=True) if arrays else \
+        np.savez(path, other=np.zeros(1))
+    with pytest.raises(DataError) as info:
+        load_dataset("npz", path=str(path))
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg and needle in msg, msg
+
+
+def test_npz_that_is_not_there_or_not_an_archive(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        load_dataset("npz", path=str(tmp_path / "missing.npz"))
+    (tmp_path / "text.npz").write_text("hello")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        load_dataset("npz", path=str(tmp_path / "text.npz"))

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from taylorcli.cli import app
 from taylorcli.metrics import error_barrier, function_distance
-from taylorcli.models import build_model, preactivations
+from taylorcli.models import build_model
 from taylorcli.run.progress import PlainProgress
 from taylorcli.recipe import RecipeError
 from taylorcli.run.start import parent_network, replay
@@ -225,8 +225,15 @@ def test_children_metrics_against_direct_computation(parent, tmp_path):
     ckpts.close()
     model = build_model(recipe.model, spec.num_classes)
     x = standardize(jnp.asarray(ds.test_x), mean=ds.mean, std=ds.std)
-    pa = [np.asarray(a) > 0 for a in preactivations(model, state["params"]["child0"], x)]
-    pb = [np.asarray(a) > 0 for a in preactivations(model, state["params"]["child1"], x)]
+    def conv_outputs(params):
+        # The CNN's pre-activations are its convolutions' outputs, as flax captures them.
+        _, seen = model.apply({"params": params}, x, capture_intermediates=True,
+                              mutable=["intermediates"])
+        return [np.asarray(v["__call__"][0]).reshape(len(x), -1)
+                for k, v in seen["intermediates"].items() if k.startswith("conv")]
+
+    pa = [a > 0 for a in conv_outputs(state["params"]["child0"])]
+    pb = [b > 0 for b in conv_outputs(state["params"]["child1"])]
     expected = sum((a != b).sum() for a, b in zip(pa, pb)) / sum(a.size for a in pa)
     assert table.iloc[-1]["relu_distance"] == pytest.approx(expected, rel=1e-6)
     logits = [model.apply({"params": state["params"][c]}, x) for c in ("child0", "child1")]

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..metrics import error_barrier, function_distance
-from ..models import build_model, preactivations
+from ..models import relu_inputs
 from ..run.analysis import Point, RunContext
 
 COLUMNS = ["epoch", "step", "child_a", "child_b", "test_err_a", "test_err_b", "barrier",
@@ -28,12 +28,11 @@ class ChildrenMetrics:
     columns = COLUMNS
 
     def __init__(self, context: RunContext, alphas: int = 11, pattern_examples: int = 500):
-        recipe, spec, evaluator = context.recipe, context.spec, context.evaluator
+        spec, evaluator = context.spec, context.evaluator
         self.names = [n for n in evaluator.engine.names if n.startswith("child")]
         self.evaluator = evaluator
         self.alphas = np.linspace(0.0, 1.0, alphas)
         self.num_classes = spec.num_classes
-        model = build_model(recipe.model, spec.num_classes)
         apply = evaluator.engine.apply
         self.labels = np.asarray(evaluator.test_y)
         # The test set is padded to whole batches; padded rows are not counted.
@@ -51,7 +50,9 @@ class ChildrenMetrics:
 
         @jax.jit
         def pattern_mismatch(pa, pb, x):
-            acts_a, acts_b = preactivations(model, pa, x), preactivations(model, pb, x)
+            acts_a, acts_b = relu_inputs(apply, pa, x), relu_inputs(apply, pb, x)
+            if not acts_a:  # no ReLU in the network: no on/off pattern to compare
+                return jnp.zeros((), jnp.int32), 0
             diff = sum(jnp.sum((a > 0) != (b > 0)) for a, b in zip(acts_a, acts_b))
             return diff, sum(a.size for a in acts_a)
 
@@ -73,7 +74,7 @@ class ChildrenMetrics:
         for i in range(0, self.pattern_x.shape[0], self.evaluator.batch):
             d, t = self._pattern_mismatch(pa, pb, self.pattern_x[i:i + self.evaluator.batch])
             diff, total = diff + int(d), total + int(t)
-        return diff / total
+        return diff / total if total else float("nan")  # NaN: the network has no ReLU
 
     def __call__(self, state, point: Point) -> list[dict]:
         """One row per pair of children."""

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from .. import data as data_lib
-from ..models import apply_fn, build_model, init_params, layer_names
+from ..models import apply_fn, build_model, init_params, inspect_model
 from ..taylor import taylorize, taylorize_nested
 from .optimizer import make_loss, make_optimizer
 
@@ -139,7 +139,7 @@ def build_engine(recipe, spec) -> Engine:
     return Engine(
         apply=apply_fn(model),
         specs=model_specs(recipe),
-        optimizer=make_optimizer(recipe.optim, spe),
+        optimizer=make_optimizer(recipe.optim, spe, recipe.train.epochs),
         loss=make_loss(recipe.train.loss, spec.num_classes),
         batch_size=recipe.train.batch_size,
         steps_per_epoch=spe,
@@ -149,7 +149,7 @@ def build_engine(recipe, spec) -> Engine:
         std=tuple(spec.std),
         streams=noise_streams(recipe),
         start_step=spawn_step(recipe, spe),
-        layers=tuple(layer_names(model, spec.image_shape)),
+        layers=tuple(inspect_model(model, spec.image_shape, spec.num_classes, recipe.model.arch)),
         train_size=spec.train_size,
         keep_last=recipe.train.last_batch == "keep" and spec.train_size % recipe.train.batch_size > 0,
         crop=recipe.data.crop,

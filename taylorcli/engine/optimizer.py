@@ -9,26 +9,37 @@ import jax.numpy as jnp
 import optax
 
 
-def make_schedule(optim, steps_per_epoch: int) -> optax.Schedule:
-    """Learning rate per step: constant, or step decay at the recipe's epochs."""
+def make_schedule(optim, steps_per_epoch: int, epochs: int | None = None) -> optax.Schedule:
+    """Learning rate per step: constant, step decay at the recipe's epochs, cosine decay to
+    final_lr_factor x lr over the run, or a linear warmup then cosine (optax's schedules)."""
+    if optim.schedule in ("cosine", "warmup_cosine"):
+        total = max((epochs or 1) * steps_per_epoch, 1)
+        if optim.schedule == "cosine":
+            return optax.cosine_decay_schedule(optim.lr, total, alpha=optim.final_lr_factor)
+        return optax.warmup_cosine_decay_schedule(
+            0.0, optim.lr, optim.warmup_epochs * steps_per_epoch, total,
+            end_value=optim.lr * optim.final_lr_factor)
     if optim.schedule == "constant" or not optim.decay_epochs:
         return optax.constant_schedule(optim.lr)
     boundaries = {e * steps_per_epoch: optim.decay_factor for e in optim.decay_epochs}
     return optax.piecewise_constant_schedule(optim.lr, boundaries)
 
 
-def make_optimizer(optim, steps_per_epoch: int) -> optax.GradientTransformation:
-    """Clip by global norm, add weight decay, then SGD (with optional momentum) on the schedule."""
+def make_optimizer(optim, steps_per_epoch: int, epochs: int | None = None
+                   ) -> optax.GradientTransformation:
+    """Clip by global norm, add weight decay (L2), then SGD (with optional momentum) or Adam on
+    the schedule."""
     parts = []
     if optim.grad_clip is not None:
         parts.append(optax.clip_by_global_norm(optim.grad_clip))
     if optim.weight_decay > 0:
         parts.append(optax.add_decayed_weights(optim.weight_decay))
-    parts.append(optax.sgd(
-        make_schedule(optim, steps_per_epoch),
-        momentum=optim.momentum or None,
-        nesterov=optim.nesterov,
-    ))
+    schedule = make_schedule(optim, steps_per_epoch, epochs)
+    if optim.name == "adam":
+        parts.append(optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps))
+    else:
+        parts.append(optax.sgd(schedule, momentum=optim.momentum or None,
+                               nesterov=optim.nesterov))
     return optax.chain(*parts)
 
 

@@ -83,8 +83,12 @@ def paper_order(label: str) -> int | None:
 # ---- one run's setting, in Table 1's terms ----
 
 def architecture(recipe) -> str:
-    """Table 1's name for the network: CNN-4-128, WideResNet-16-4-128, MLP-3-512 (+ non-default choices)."""
+    """Table 1's name for the network: CNN-4-128, WideResNet-16-4-128, MLP-3-512 (+ non-default
+    choices), or a user's module by its import path and arguments."""
     m = recipe.model
+    if m.arch not in ("cnn", "wrn", "mlp"):
+        args = ", ".join(f"{k}={v}" for k, v in m.kwargs.items())
+        return f"{m.arch}({args})"
     name = {"cnn": f"CNN-{m.depth}-{m.width}", "wrn": f"WideResNet-{m.depth}-{m.widen}-{m.width}",
             "mlp": f"MLP-{m.depth}-{m.width}"}[m.arch]
     extra = ([f"{m.activation}"] if m.activation != "relu" else []) + \
@@ -94,9 +98,10 @@ def architecture(recipe) -> str:
 
 
 def optimizer(recipe) -> str:
-    """SGD and whatever is added to it: momentum, Nesterov, weight decay, MSE loss."""
+    """SGD or Adam and whatever is added to it: momentum, Nesterov, weight decay, MSE loss."""
     o = recipe.optim
-    parts = ["SGD"]
+    parts = ["Adam" + (f" (b1 {o.b1:g}, b2 {o.b2:g})" if (o.b1, o.b2) != (0.9, 0.999) else "")
+             if o.name == "adam" else "SGD"]
     if o.momentum:
         parts.append(f"momentum {o.momentum:g}" + (" (Nesterov)" if o.nesterov else ""))
     if o.weight_decay:
@@ -107,8 +112,13 @@ def optimizer(recipe) -> str:
 
 
 def schedule(recipe) -> str:
-    """'x0.1 at 100, 150' for step decay, 'constant' otherwise (as the trainer reads the recipe)."""
+    """'x0.1 at 100, 150' for step decay, 'cosine', 'warmup 5 + cosine', or 'constant'."""
     o = recipe.optim
+    if o.schedule == "cosine":
+        return "cosine" + (f" to x{o.final_lr_factor:g}" if o.final_lr_factor else "")
+    if o.schedule == "warmup_cosine":
+        return f"warmup {o.warmup_epochs} + cosine" + (
+            f" to x{o.final_lr_factor:g}" if o.final_lr_factor else "")
     if o.schedule == "constant" or not o.decay_epochs:
         return "constant"
     return f"x{o.decay_factor:g} at {', '.join(str(e) for e in o.decay_epochs)}"

@@ -107,8 +107,11 @@ def train(recipe: Recipe, out: str, progress=None, resume: bool = True, source: 
         primary = processes.is_primary()
         run = RunDir(out) if primary else ReadOnlyRunDir(out)
         existing = run.check_usable() == "run"
-        changes = check_same_recipe(run, recipe) if existing and resume else []
+        if existing and resume:
+            run.read_recipe()  # a run without its recipe is refused before data is loaded
         ds = data_lib.load_for_recipe(recipe)
+        recipe = data_lib.with_data_stats(recipe, ds)  # written into recipe.yaml, as run
+        changes = check_same_recipe(run, recipe) if existing and resume else []
         check_batch(recipe, ds, source)
         spec = data_lib.spec_of(ds)
         check_fits(recipe, spec, source)
@@ -134,7 +137,7 @@ def _train(recipe: Recipe, run: RunDir, ds, spec, progress, existing: bool, resu
     engine = dataclasses.replace(build_engine(recipe, spec), batch_sharding=batch_sharding(mesh))
     spe = engine.steps_per_epoch
     total = recipe.train.epochs * spe
-    schedule = make_schedule(recipe.optim, spe)
+    schedule = make_schedule(recipe.optim, spe, recipe.train.epochs)
     points = evaluation_steps(recipe, spe)
     saves = checkpoint_steps(recipe, spe)
     notes: list[str] = []

@@ -65,8 +65,10 @@ def check_optimizer_state(parent: Recipe, recipe: Recipe) -> None:
     probe = {"w": jnp.zeros(1)}
     layout = lambda r: jax.tree.structure(make_optimizer(r.optim, 1).init(probe))
     if layout(parent) != layout(recipe):
-        keys = [k for k in ("momentum", "nesterov", "weight_decay", "grad_clip")
-                if bool(getattr(parent.optim, k)) != bool(getattr(recipe.optim, k))]
+        keys = [k for k in ("name", "momentum", "nesterov", "weight_decay", "grad_clip")
+                if bool(getattr(parent.optim, k)) != bool(getattr(recipe.optim, k))
+                or k == "name" and parent.optim.name != recipe.optim.name]
         raise RecipeError(f"--set optim.{(keys or ['momentum'])[0]}: a spawned run continues "
-                          f"the parent's optimizer state, so momentum, weight decay and "
-                          f"clipping may change value but not be switched on or off")
+                          f"the parent's optimizer state, so the optimizer stays the parent's "
+                          f"and momentum, weight decay and clipping may change value but not "
+                          f"be switched on or off")
