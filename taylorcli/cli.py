@@ -253,6 +253,54 @@ def spawn(
     _print_sweep(summary)
 
 
+@app.command("lr-search")
+def lr_search(
+    recipe: str = typer.Argument(..., metavar="RECIPE", help="A recipe YAML file or a bundled "
+                                 "recipe's name.", show_default=False),
+    lrs: Optional[str] = typer.Option(None, "--lrs", metavar="LR[,LR2,...]",
+                                      help="The grid of learning rates (default: 0.001, 0.003, "
+                                           "..., 1)."),
+    epochs: int = typer.Option(3, "--epochs", min=1, max=10_000,
+                               help="Epochs each rate trains the full network for."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="Override a recipe field (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR",
+                                       help="Where to write lr_search.csv, lr_curves.csv and "
+                                            "lr_search.png (default: runs/NAME_lr_search)."),
+) -> None:
+    """Bai et al.'s learning-rate protocol: the largest rate of a grid at which the full network
+    trains stably.
+
+    Each rate trains the full network alone for --epochs epochs at that constant rate. Stable:
+    every minibatch loss finite; the loss, averaged over each tenth of the steps, never more
+    than 5% above the initial loss or above the tenth before; and lower at the end than at the
+    start. Prints and writes the verdict and evidence per rate, and the rate chosen.
+
+    Example: taylorcli lr-search digits --lrs 0.01,0.03,0.1,0.3,1 --epochs 3
+    """
+    with _errors():
+        from .recipe import load_named_recipe
+        from .report.figures import lr_search_figure
+        from .run.lr_search import DEFAULT_GRID, lr_search as search
+        from .spawn.sweep import parse_list
+
+        r = load_named_recipe(recipe, set_)
+        grid = parse_list(lrs, "--lrs") if lrs is not None else list(DEFAULT_GRID)
+        result = search(r, grid, epochs, out, report=lambda line: print(line, flush=True))
+        result.files.append(lr_search_figure(result.curves, result.table,
+                                             result.out / "lr_search.png"))
+    from .report.tables import to_rich
+
+    wide = _wide_console()
+    wide.print(to_rich(result.table, f"{r.name}: learning rates, {epochs} epochs each"))
+    if result.chosen is None:
+        wide.print("no rate of the grid trains stably: try smaller rates", highlight=False)
+    else:
+        wide.print(f"chosen: optim.lr={result.chosen:g} (the largest stable rate)",
+                   highlight=False)
+    wide.print(f"wrote {', '.join(str(f) for f in result.files)}", highlight=False)
+
+
 @app.command()
 def report(
     results_dir: Path = typer.Argument(Path("runs"), metavar="RESULTS_DIR",
@@ -285,6 +333,14 @@ def report(
 
 
 def _dry_run(r) -> None:
+    import jax
+
+    console = _console()
+    with jax.enable_x64(r.train.precision == "float64"):
+        _dry_run_table(r, console)
+
+
+def _dry_run_table(r, console) -> None:
     from rich.syntax import Syntax
     from rich.table import Table
 
@@ -293,14 +349,14 @@ def _dry_run(r) -> None:
     from .engine.lockstep import build_engine
     from .recipe import dump_recipe
 
-    console = _console()
     console.print(Syntax(dump_recipe(r), "yaml", theme="ansi_dark", background_color="default"))
     spec = recipe_spec(r)
     engine = build_engine(r, spec)
     check_fits(r, spec, "--dry-run")
     console.print(f"compiling the lockstep step ({', '.join(engine.names)}) ...")
     cost = step_cost(r)
-    table = Table(title=f"{r.name}: dry run ({cost.backend})", title_justify="left")
+    table = Table(title=f"{r.name}: dry run ({cost.backend}, {r.train.precision})",
+                  title_justify="left")
     table.add_column("quantity")
     table.add_column("value", justify="right")
     rows = [
@@ -343,11 +399,13 @@ def _print_final(rows: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title="final evaluation", title_justify="left")
-    for col in ("model", "test_acc", "test_loss", "cos_param", "cos_func", "diverged"):
+    for col in ("model", "test_acc", "test_loss", "cos_param", "cos_func", "func_dist",
+                "diverged"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for row in rows:
         table.add_row(row["model"], f"{row['test_acc']:.4f}", f"{row['test_loss']:.4f}",
-                      f"{row['cos_param']:.4f}", f"{row['cos_func']:.4f}", str(row["diverged"]))
+                      f"{row['cos_param']:.4f}", f"{row['cos_func']:.4f}",
+                      f"{row['func_dist']:.3g}", str(row["diverged"]))
     _console().print(table)
 
 

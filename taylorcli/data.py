@@ -477,10 +477,16 @@ def load_dataset(name: str, *, data_dir: str | None = None, archive: str | None 
                    classes, tuple(stats[0]), tuple(stats[1]))
 
 
+def float_dtype():
+    """The floating-point type computations run in: float32, or float64 inside jax.enable_x64."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
 def standardize(images, *, mean, std) -> jnp.ndarray:
     """Scale images to [0,1] (uint8 / 255) and standardize per channel (test time; jittable)."""
-    x = jnp.asarray(images).astype(jnp.float32) * pixel_scale(jnp.asarray(images).dtype)
-    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+    dtype = float_dtype()
+    x = jnp.asarray(images).astype(dtype) * pixel_scale(jnp.asarray(images).dtype)
+    return (x - jnp.asarray(mean, dtype)) / jnp.asarray(std, dtype)
 
 
 def augment(key, images, *, pad: int, flip: bool, mean, std,
@@ -490,7 +496,8 @@ def augment(key, images, *, pad: int, flip: bool, mean, std,
     `crop="per_batch"` takes one random crop offset for the whole batch (flips stay per image),
     as the authors' code does with `tf.image.random_crop` on the 4-D batch.
     """
-    x = jnp.asarray(images).astype(jnp.float32) * pixel_scale(jnp.asarray(images).dtype)
+    dtype = float_dtype()
+    x = jnp.asarray(images).astype(dtype) * pixel_scale(jnp.asarray(images).dtype)
     n, h, w, c = x.shape
     crop_key, flip_key = jax.random.split(key)
     if pad > 0:
@@ -506,7 +513,7 @@ def augment(key, images, *, pad: int, flip: bool, mean, std,
     if flip:
         mirror = jax.random.bernoulli(flip_key, 0.5, (n,))
         x = jnp.where(mirror[:, None, None, None], x[:, :, ::-1, :], x)
-    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+    return (x - jnp.asarray(mean, dtype)) / jnp.asarray(std, dtype)
 
 
 def recipe_spec(recipe) -> DatasetSpec:

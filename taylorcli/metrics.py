@@ -40,6 +40,14 @@ def cos_func(logits_a, logits_b) -> float:
     return cosine(a, b)
 
 
+def func_dist(logits_a, logits_b) -> float:
+    """Root mean square of the difference of two models' test logits, over examples and classes."""
+    a = np.asarray(logits_a, np.float64)
+    b = np.asarray(logits_b, np.float64)
+    with np.errstate(all="ignore"):  # a diverged model gives NaN, by design
+        return float(np.sqrt(np.mean((a - b) ** 2)))
+
+
 def cosine(a, b) -> float:
     """Cosine of two vectors in float64; NaN (not a warning) for a zero or non-finite one."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -108,3 +116,71 @@ def error_barrier(errors) -> float:
     alphas = np.linspace(0.0, 1.0, len(errors))
     line = alphas * errors[-1] + (1 - alphas) * errors[0]
     return float(np.max(errors - line))
+
+
+def fit_slope(x, y) -> float:
+    """The slope of the least-squares line through (log x, log y): y ≈ c·x^slope."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    keep = (x > 0) & (y > 0) & np.isfinite(y)
+    if keep.sum() < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(x[keep]), np.log(y[keep]), 1)[0])
+
+
+def trajectory_projection(reference, trajectories: dict) -> tuple[dict, np.ndarray]:
+    """Every trajectory (points × features) in the 2-D principal plane of `reference`'s.
+
+    The plane is fitted on the reference's points alone (centred on their mean); every other
+    trajectory is centred on that same mean and projected. Returns the 2-D coordinates of
+    each trajectory and the variance ratio the two components explain on the reference.
+    """
+    ref = np.asarray(reference, np.float64)
+    mean = ref.mean(axis=0)
+    _, sv, vt = np.linalg.svd(ref - mean, full_matrices=False)
+    axes = vt[:2]
+    # SVD's signs are arbitrary: fix them so the reference ends at positive coordinates.
+    end = (ref[-1] - mean) @ axes.T
+    axes = axes * np.where(end < 0, -1.0, 1.0)[:, None]
+    coords = {k: (np.asarray(t, np.float64) - mean) @ axes.T for k, t in trajectories.items()}
+    explained = (sv[:2] ** 2) / max(float(np.sum(sv ** 2)), 1e-300)
+    return coords, explained
+
+
+def loss_curve_verdict(losses, initial: float | None = None, windows: int = 10,
+                       tolerance: float = 0.05) -> dict:
+    """Whether a training-loss curve decreases smoothly: the stability test of a learning rate.
+
+    `losses` are the minibatch losses of consecutive steps; `initial` the loss at the
+    initialization (default: the first step's, which is taken there). The curve is cut into
+    `windows` equal windows of steps. It is stable when every loss is finite, no window's mean
+    rises by more than `tolerance` (relative) above the initial loss or above the previous
+    window's mean, and the last window's mean is below the initial loss. Returns the verdict,
+    why, and the figures it was judged on.
+    """
+    losses = np.asarray(losses, np.float64)
+    out = {"stable": False, "reason": "", "first": float("nan"), "last": float("nan"),
+           "largest_rise": float("nan"), "diverged_at": -1}
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        out.update(reason=f"loss not finite from step {int(bad[0]) + 1}", diverged_at=int(bad[0]) + 1)
+        return out
+    if len(losses) == 0:
+        out["reason"] = "no steps"
+        return out
+    start = float(losses[0] if initial is None else initial)
+    means = np.array([w.mean() for w in np.array_split(losses, min(windows, len(losses)))])
+    # each window against the one before it, and the first window against the start
+    rises = np.concatenate([[means[0] / start - 1], means[1:] / means[:-1] - 1])
+    above_start = means / start - 1
+    out.update(first=float(start), last=float(means[-1]), largest_rise=float(rises.max()))
+    if above_start.max() > tolerance:
+        i = int(np.argmax(above_start))
+        out["reason"] = f"window {i + 1} is {100 * above_start[i]:.0f}% above the initial loss"
+    elif rises.max() > tolerance:
+        i = int(np.argmax(rises))
+        out["reason"] = f"the loss rose {100 * rises[i]:.0f}% from window {i} to {i + 1}"
+    elif means[-1] >= start:
+        out["reason"] = "the loss did not decrease"
+    else:
+        out.update(stable=True, reason="decreases smoothly")
+    return out

@@ -196,6 +196,9 @@ class TrainConfig(Section):
     # keep: also train on each epoch's last partial batch, as the authors' code (196 steps per
     # epoch at batch 256 on CIFAR-10's 50,000 images; drop gives 195)
     last_batch: Literal["drop", "keep"] = "drop"
+    # float64: every model, optimizer state and metric in double precision (JAX's x64 mode,
+    # switched on for the run only), for differences far below float32's resolution
+    precision: Literal["float32", "float64"] = "float32"
 
 
 class OptimConfig(Section):

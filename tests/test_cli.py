@@ -18,7 +18,8 @@ from taylorcli.data import load_dataset
 from taylorcli.recipe import load_recipe, recipe_from_dict
 
 METRICS_COLUMNS = ["model", "order", "epoch", "step", "lr", "train_loss", "train_acc",
-                   "test_loss", "test_acc", "cos_param", "cos_func", "diverged"]  # DESIGN.md
+                   "test_loss", "test_acc", "cos_param", "cos_func", "diverged",  # DESIGN.md
+                   "func_dist"]  # added after the contract's columns (Theorem 1)
 LAYERS_COLUMNS = ["model", "epoch", "layer", "distance", "relative_distance"]
 MODELS = ["full", "order1", "order2"]
 # The main run: 128 examples / batch 8 = 16 steps per epoch; 2 epochs (set on the command line);

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import data as data_lib
-from ..metrics import cos_func, cos_param, layer_movement, layer_paths, loss_and_accuracy
+from ..metrics import cos_func, cos_param, func_dist, layer_movement, layer_paths, loss_and_accuracy
 from .lockstep import FULL, make_eval_logits, order_of
 
 
@@ -75,6 +75,7 @@ class Evaluator:
                 "cos_func": cos_func(logits[FULL], logits[name]) if FULL in logits else math.nan,
                 # Finite parameters can still give non-finite logits: that is divergence too.
                 "diverged": bool(diverged[name]) or not math.isfinite(test_loss),
+                "func_dist": func_dist(logits[FULL], logits[name]) if FULL in logits else math.nan,
             })
             layer_rows += [{"model": name, "epoch": round(epoch, 6), "layer": layer,
                             "distance": float(d), "relative_distance": float(r)}

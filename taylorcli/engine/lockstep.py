@@ -168,6 +168,8 @@ def init_state(engine: Engine, recipe, spec) -> dict:
     """Step 0: every model at the same θ0, fresh optimizer states, nothing diverged."""
     model = build_model(recipe.model, spec.num_classes)
     theta0 = init_params(model, rng_streams(recipe.seed)["init"], spec.image_shape)
+    # flax initializes float32 parameters; under train.precision float64 they are widened
+    theta0 = jax.tree.map(lambda a: a.astype(data_lib.float_dtype()), theta0)
     return lockstep_state(engine, jnp.zeros((), jnp.int32), theta0, engine.optimizer.init(theta0))
 
 
@@ -191,7 +193,7 @@ def lockstep_state(engine: Engine, step, theta, opt_state) -> dict:
 
 def zero_stats(engine: Engine) -> dict:
     """Per model [Σ minibatch loss, Σ minibatch accuracy, number of minibatches] since the last evaluation."""
-    return {n: jnp.zeros(3, jnp.float32) for n in engine.names}
+    return {n: jnp.zeros(3, data_lib.float_dtype()) for n in engine.names}
 
 
 def epoch_permutation(seed: int, epoch: int, n: int, stream: int = 0) -> jax.Array:
@@ -222,7 +224,7 @@ def make_train_step(engine: Engine, seed: int) -> Callable:
             pad = engine.steps_per_epoch * engine.batch_size - perm.shape[0]
             perm = jnp.concatenate([perm, perm[:pad]])
             position = i * engine.batch_size + jnp.arange(engine.batch_size)
-            weights = (position < engine.train_size).astype(jnp.float32)
+            weights = (position < engine.train_size).astype(data_lib.float_dtype())
         idx = jax.lax.dynamic_slice_in_dim(perm, i * engine.batch_size, engine.batch_size)
         x = data_lib.augment(jax.random.fold_in(aug_keys[j], state["step"]), train_x[idx],
                              pad=engine.pad, flip=engine.flip, mean=engine.mean, std=engine.std,

@@ -131,15 +131,22 @@ def side_by_side(runs: Sequence[Run], epochs: Sequence[float],
             row = {"setting": setting, "run": run.name, "model": model_display(model, run.order_of(model))}
             for metric in METRICS:
                 for e in epochs:
-                    row[f"{metric}_{epoch_tag(e)}"] = float(at[e].loc[model, metric]) \
-                        if model in at[e].index else math.nan
+                    for col, tag in ((metric, ""), (f"{metric}_sd", "_sd")):
+                        if tag and not run.seeds:
+                            continue
+                        row[f"{metric}_{epoch_tag(e)}{tag}"] = float(at[e].loc[model, col]) \
+                            if model in at[e].index else math.nan
             row |= {f"epoch_{epoch_tag(e)}": used[e] for e in epochs}
+            if run.seeds:
+                row["seeds"] = len(run.seeds)
             rows.append(row)
         for model, epoch in run.diverged().items():
             notes.append(f"{run.name}: {model} diverged at epoch {epoch:g} (frozen at its last "
                          f"finite parameters from then on)")
-    columns = ["setting", "run", "model", *value_columns(epochs),
-               *(f"epoch_{epoch_tag(e)}" for e in epochs)]
+    spread = any(r.seeds for r in runs)
+    columns = ["setting", "run", "model",
+               *(c for v in value_columns(epochs) for c in ((v, f"{v}_sd") if spread else (v,))),
+               *(f"epoch_{epoch_tag(e)}" for e in epochs), *(["seeds"] if spread else [])]
     return SideBySide(pd.DataFrame(rows, columns=columns), notes, tuple(epochs))
 
 
@@ -166,6 +173,10 @@ def compare(paths: Sequence[str | Path], epochs: str | None = None) -> SideBySid
 
     loaded = [load_run(p) for p in paths]
     runs, merged = merge_runs(loaded)
+    from .repeats import group_repeats
+
+    runs, repeated = group_repeats(runs)  # the same setting over seeds: mean ± sd
+    merged += repeated
     names = [r.name for r in runs]
     if len(set(names)) < len(names):  # same folder name under different parents
         for r in runs:

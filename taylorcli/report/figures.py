@@ -71,6 +71,10 @@ def figure2(run: Run, path: str | Path) -> Path:
                 ax.plot(rows["epoch"], rows[column], color=colours[model],
                         label=_label(run, model), lw=1.4 if model == FULL else 1.1,
                         zorder=3 if model == FULL else 2)
+                if f"{column}_sd" in rows:  # repeats over seeds: the mean, and ± one sd
+                    ax.fill_between(rows["epoch"], rows[column] - rows[f"{column}_sd"],
+                                    rows[column] + rows[f"{column}_sd"], color=colours[model],
+                                    alpha=0.18, lw=0, zorder=1)
             ax.set_title(title, pad=2)
             ax.grid(alpha=0.25, lw=0.5)
             ax.tick_params(length=2, pad=1.5)
@@ -203,4 +207,101 @@ def spawn_figure(parent: Run, summary: pd.DataFrame, children: pd.DataFrame,
             ax.set_ylabel("between children")
             ax.legend(frameon=False, fontsize=5.5)
         fig.tight_layout()
+        return _save(fig, Path(path))
+
+
+# ---- Figure 1: the trajectories in function space ----
+
+def figure1(run: Run, path: str | Path, max_examples: int = 2000) -> Path | None:
+    """Each model's test logits at every evaluation, projected on the 2-D principal plane of the
+    full network's trajectory, all models on the same axes, start and end marked.
+
+    None when the run saved no logits (eval.save_logits: false) or has no full network.
+    """
+    from ..metrics import trajectory_projection
+
+    steps = sorted(int(s) for s in run.metrics.loc[run.metrics["model"] == FULL, "step"].unique())
+    points = {}
+    for step in steps:
+        try:
+            logits = run.logits(step)
+        except Exception:  # noqa: BLE001 - an evaluation whose logits were not saved
+            continue
+        points[step] = logits
+    if len(points) < 2 or any(FULL not in v for v in points.values()):
+        return None
+    models = [m for m in run.models if all(m in v for v in points.values())]
+    take = lambda a: np.asarray(a)[:max_examples].reshape(-1)
+    paths = {m: np.stack([take(points[s][m]) for s in points]) for m in models}
+    coords, explained = trajectory_projection(paths[FULL], paths)
+    colours = _colours(run)
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _subplots(1, 1, figsize=(WIDTH_IN, 2.8), squeeze=False)
+        ax = axes[0, 0]
+        for m in [m for m in models if m != FULL] + [FULL]:
+            xy = coords[m]
+            ax.plot(xy[:, 0], xy[:, 1], color=colours.get(m, "#777777"), label=_label(run, m),
+                    lw=1.4 if m == FULL else 1.0, marker=".", ms=2, zorder=3 if m == FULL else 2)
+            ax.plot(*xy[-1], marker="s", ms=3.5, color=colours.get(m, "#777777"), zorder=4)
+        ax.plot(*coords[FULL][0], marker="o", ms=5, mfc="white", mec="#000000", zorder=5,
+                label="start (θ0, every model)")
+        ax.set_xlabel(f"PC 1 of the full network's trajectory ({100 * explained[0]:.0f}%)")
+        ax.set_ylabel(f"PC 2 ({100 * explained[1]:.0f}%)")
+        ax.grid(alpha=0.25, lw=0.5)
+        ax.legend(frameon=False, fontsize=5.5)
+        ax.set_title("test logits along training (squares: the end)", pad=2)
+        fig.tight_layout(pad=0.3)
+        return _save(fig, Path(path))
+
+
+# ---- Theorem 1: distance against width, log-log ----
+
+def theorem1_figure(table: pd.DataFrame, path: str | Path) -> Path:
+    """Each order's largest func_dist against width (log-log), its fitted slope in the legend,
+    and the bound's slope −k/2 drawn beside it (dashed, through the narrowest width's point)."""
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _subplots(1, 1, figsize=(WIDTH_IN, 2.6), squeeze=False)
+        ax = axes[0, 0]
+        for i, (order, rows) in enumerate(table.groupby("order")):
+            rows = rows.sort_values("width")
+            colour = ORDER_COLOURS[(int(order) - 1) % len(ORDER_COLOURS)]
+            ax.plot(rows["width"], rows["max_func_dist"], marker="o", ms=3, color=colour,
+                    label=f"k={order}: slope {rows['slope'].iloc[0]:.2f} (bound {-order / 2:g})")
+            w0, d0 = float(rows["width"].iloc[0]), float(rows["max_func_dist"].iloc[0])
+            ws = rows["width"].to_numpy(dtype=float)
+            ax.plot(ws, d0 * (ws / w0) ** (-order / 2), ls="--", lw=0.8, color=colour)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("width m")
+        ax.set_ylabel("max over training of ‖f_k − f‖ (RMS)")
+        ax.grid(alpha=0.25, lw=0.5, which="both")
+        ax.legend(frameon=False, fontsize=5.5)
+        fig.tight_layout(pad=0.3)
+        return _save(fig, Path(path))
+
+
+# ---- the learning-rate search ----
+
+def lr_search_figure(curves: pd.DataFrame, table: pd.DataFrame, path: str | Path) -> Path:
+    """Every tried rate's minibatch training loss against steps (smoothed), the chosen one bold."""
+    with matplotlib.rc_context(STYLE):
+        fig, axes = _subplots(1, 1, figsize=(WIDTH_IN, 2.4), squeeze=False)
+        ax = axes[0, 0]
+        verdicts = table.set_index("lr")
+        for i, (lr, rows) in enumerate(curves.groupby("lr")):
+            loss = rows["loss"].to_numpy(dtype=float)
+            window = max(1, len(loss) // 50)
+            smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+            chosen = bool(verdicts.loc[lr, "chosen"])
+            ax.plot(np.arange(len(smooth)) + window, smooth, lw=1.6 if chosen else 0.9,
+                    color=ORDER_COLOURS[i % len(ORDER_COLOURS)],
+                    ls="-" if verdicts.loc[lr, "stable"] else ":",
+                    label=f"{lr:g}{' (chosen)' if chosen else ''}"
+                          f"{'' if verdicts.loc[lr, 'stable'] else ' unstable'}")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss (full network)")
+        ax.grid(alpha=0.25, lw=0.5)
+        ax.legend(frameon=False, fontsize=5.5, title="learning rate", title_fontsize=6)
+        fig.tight_layout(pad=0.3)
         return _save(fig, Path(path))

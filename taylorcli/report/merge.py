@@ -15,7 +15,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..metrics import cos_func, cosine
+from ..metrics import cos_func, cosine, func_dist
 from ..recipe import Recipe, recipe_to_flat, replace
 from ..run.directory import FULL, Run, read_step_arrays, trains_subset
 
@@ -78,12 +78,13 @@ def merge_group(runs: Sequence[Run]) -> tuple[Run | None, list[str]]:
             row = run.metrics[(run.metrics["model"] == model) & (run.metrics["step"] == step)]
             row = row.iloc[0].to_dict()
             if full is None:
-                cp = cf = math.nan
+                cp = cf = fd = math.nan
             else:
                 # As in training: the full network against itself is 1 once it has moved.
                 cp = 1.0 if model == FULL and step != 0 else cosine(disp[FULL], disp.get(model))
                 cf = cos_func(logits[FULL], logits.get(model))
-            rows.append({**row, "cos_param": cp, "cos_func": cf})
+                fd = func_dist(logits[FULL], logits.get(model))
+            rows.append({**row, "cos_param": cp, "cos_func": cf, "func_dist": fd})
     metrics = pd.DataFrame(rows, columns=runs[0].metrics.columns)
     metrics = metrics.sort_values(["step", "order"], kind="stable").reset_index(drop=True)
     layers = None

@@ -16,11 +16,14 @@ import pandas as pd
 from ..errors import ReportError, RunDirError
 from ..recipe import dump_recipe
 from ..run.directory import Run, find_runs, load_run
-from .figures import closed_form_figure, early_epoch, figure2, figure3, kernel_figure
+from .figures import closed_form_figure, early_epoch, figure1, figure2, figure3, kernel_figure, \
+    theorem1_figure
 from .merge import merge_runs
 from .paper_tables import paper_mapping, run_notes, runs_table, table1, table2, \
     table34
 from .reference import PAPER_FILES, TITLES, load_paper, table1_setting
+from .repeats import group_repeats
+from .width_scaling import theorem1_tables
 from .tables import check_format, to_csv, to_markdown, write_text
 
 
@@ -36,6 +39,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     figures: dict[str, list[Path]] = field(default_factory=dict)
     analysis_figures: dict[str, list[Path]] = field(default_factory=dict)
+    figure1: dict[str, Path | None] = field(default_factory=dict)
+    theorem1_figures: list[Path] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     out: Path | None = None
     runs: list[Run] = field(default_factory=list)
@@ -64,6 +69,8 @@ def build_report(results_dir: str | Path = "runs", out: str | Path | None = None
                           f"readable; {name}: {why})")
     skipped_rows = [note for r in runs for note in r.notes]
     runs, merge_notes = merge_runs(runs)  # subset runs of one recipe, as if in lockstep
+    runs, repeat_notes = group_repeats(runs)  # the same setting over several seeds
+    merge_notes += repeat_notes
     paper = load_paper(paper_dir)
     t1_settings = {r.name: s for r in runs if (s := table1_setting(r, paper))}
     rank = {s: i for i, s in enumerate(paper.settings("table1").values())}
@@ -85,7 +92,14 @@ def build_report(results_dir: str | Path = "runs", out: str | Path | None = None
         epochs = " and ".join(f"{e:g}" for e in paper.epochs(key)) or "—"
         report.tables[key] = (f"{TITLES[key]}, at epochs {epochs}",
                               table34(runs, key, paper, notes))
+    scaling = theorem1_tables(runs)
+    if not scaling.empty:
+        report.tables["theorem1"] = (TITLE_THEOREM1, scaling)
     return report
+
+
+TITLE_THEOREM1 = ("Theorem 1: the largest distance ‖f_k − f‖ over training against width, and "
+                  "its log-log slope beside the bound's −k/2")
 
 
 def _slug(name: str) -> str:
@@ -104,8 +118,10 @@ def write_report(report: Report, fmt: str = "md", results_dir: str | Path = "run
         figs = [figure2(r, out / "figures" / f"figure2_{_slug(r.name)}.png")]
         if r.layers is not None:
             figs.append(figure3(r, out / "figures" / f"figure3_{_slug(r.name)}.png"))
+        fig1 = figure1(r, out / "figures" / f"figure1_{_slug(r.name)}.png")
+        report.figure1[r.name] = fig1
         report.figures[r.name] = figs
-        report.files += figs
+        report.files += figs + ([fig1] if fig1 else [])
         extra = [kernel_figure(r, out / "figures" / f"kernels_{_slug(r.name)}.png"),
                  closed_form_figure(r, out / "figures" / f"closed_form_{_slug(r.name)}.png")]
         report.analysis_figures[r.name] = [f for f in extra if f is not None]
@@ -113,6 +129,12 @@ def write_report(report: Report, fmt: str = "md", results_dir: str | Path = "run
         # A merged run's recipe is its parts' recipe with their models together.
         text = dump_recipe(r.config) if r.parts else (r.path / "recipe.yaml").read_text()
         report.files.append(write_text(out / "recipes" / f"{_slug(r.name)}.yaml", text))
+    if "theorem1" in report.tables:
+        table = report.tables["theorem1"][1]
+        for name, rows in table.groupby("group", sort=False):
+            fig = theorem1_figure(rows, out / "figures" / f"theorem1_{_slug(name)}.png")
+            report.theorem1_figures.append(fig)
+            report.files.append(fig)
     if fmt == "csv":
         for key, (_, table) in report.tables.items():
             report.files.append(write_text(out / f"{key}.csv", to_csv(table)))
@@ -143,6 +165,26 @@ def markdown(report: Report, results_dir: str | Path) -> str:
         if key == "runs":
             parts.append("### Notes\n")
             parts.append("".join(f"- {n}\n" for n in report.notes) or "None.\n")
+    if report.theorem1_figures:
+        parts.append("### Theorem 1, log-log\n")
+        parts.append("Each order's largest function-space distance from the full network over "
+                     "the run against the width; dashed: the bound's slope −k/2 through the "
+                     "narrowest width. The theorem bounds the distance; a measured slope "
+                     "steeper than −k/2 is within the bound, a shallower one is not.\n")
+        for fig in report.theorem1_figures:
+            parts.append(f"![{fig.stem}]({fig.relative_to(report.out).as_posix()})\n")
+    if any(report.figure1.values()):
+        parts.append("## Figure 1: the trajectories in function space\n")
+        parts.append("Each model's test logits at every evaluation (up to 2000 test examples), "
+                     "projected on the plane of the first two principal components of the full "
+                     "network's own trajectory, all models on the same axes; circle: the start "
+                     "(every model starts at the network at θ0), squares: the ends. Bai et al.'s "
+                     "Figure 1 does not say how it was projected, so this is our choice, not "
+                     "theirs. A run repeated over seeds shows its first seed.\n")
+        for r in runs:
+            if report.figure1.get(r.name):
+                rel = report.figure1[r.name].relative_to(report.out).as_posix()
+                parts.append(f"![Figure 1, {r.name}]({rel})\n")
     parts.append("## Figure 2: training and agreement curves\n")
     parts.append("Train loss (mean over the minibatches since the previous evaluation), test "
                  "accuracy, cos_param and cos_func against epochs; one line per Taylor order "

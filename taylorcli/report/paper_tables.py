@@ -39,12 +39,15 @@ def table1(runs: list[Run], settings: dict[str, str], paper: Paper) -> pd.DataFr
             "optimizer": optimizer(r.config), "lr": r.config.optim.lr,
             "grad_clip": r.config.optim.grad_clip, "schedule": schedule(r.config),
             "epoch": r.last_epoch, "test_acc": float(r.final()["test_acc"].get(FULL, math.nan)),
+            **_spread(r, r.final(), FULL, "test_acc"),
             "test_acc_paper": float(ref["full_test_accuracy"].iloc[0])
             if ref is not None and len(ref) else math.nan,
         })
+    spread = ["test_acc_sd", "seeds"] if any(r.seeds for r in runs) else []
     table = pd.DataFrame(rows, columns=["run", "setting", "dataset", "architecture", "params",
                                         "epochs", "batch", "optimizer", "lr", "grad_clip",
-                                        "schedule", "epoch", "test_acc", "test_acc_paper"])
+                                        "schedule", "epoch", "test_acc", *spread[:1],
+                                        "test_acc_paper", *spread[1:]])
     table["params"] = table["params"].astype("Int64")
     return table
 
@@ -65,10 +68,20 @@ def table2(runs: list[Run], settings: dict[str, str], paper: Paper) -> pd.DataFr
             ours = float(final.loc[model, "test_acc"])
             rows.append({"run": r.name, "setting": setting or "",
                          "model": TABLE2_LABELS.get(order, f"order {order} (k={order})"),
-                         "epoch": r.last_epoch, "test_acc": ours, "test_acc_paper": ref,
+                         "epoch": r.last_epoch, "test_acc": ours,
+                         **_spread(r, final, model, "test_acc"), "test_acc_paper": ref,
                          "diff": ours - ref})
+    spread = ["test_acc_sd", "seeds"] if any(r.seeds for r in runs) else []
     return pd.DataFrame(rows, columns=["run", "setting", "model", "epoch", "test_acc",
-                                       "test_acc_paper", "diff"])
+                                       *spread[:1], "test_acc_paper", "diff", *spread[1:]])
+
+
+def _spread(run: Run, final: pd.DataFrame, model: str, metric: str) -> dict:
+    """A repeated run's sample sd of `metric` and its number of seeds (nothing for one run)."""
+    if not run.seeds:
+        return {}
+    sd = final[f"{metric}_sd"].get(model, math.nan) if f"{metric}_sd" in final else math.nan
+    return {f"{metric}_sd": float(sd), "seeds": len(run.seeds)}
 
 
 def table34(runs: list[Run], key: str, paper: Paper, notes: list[str]) -> pd.DataFrame:
@@ -88,8 +101,10 @@ def table34(runs: list[Run], key: str, paper: Paper, notes: list[str]) -> pd.Dat
                             on=["setting", "model"], how="left")
     else:
         table = table.assign(**{f"{c}_paper": math.nan for c in values})
-    order = ["setting", "run", "model"] + [c for v in values for c in (v, f"{v}_paper")] \
-        + [f"epoch_{epoch_tag(e)}" for e in epochs]
+    sd = [c for c in table.columns if c.endswith("_sd")]
+    order = ["setting", "run", "model"] + [c for v in values for c in (v, f"{v}_sd", f"{v}_paper")
+                                           if c in table.columns] \
+        + [f"epoch_{epoch_tag(e)}" for e in epochs] + (["seeds"] if sd else [])
     return table[order]
 
 

@@ -41,6 +41,23 @@ def _numeric(table: pd.DataFrame, column: str) -> bool:
         table[column])
 
 
+def fold_spread(table: pd.DataFrame) -> pd.DataFrame:
+    """For people: a column X with its X_sd beside it shown as one column 'X ± sd'."""
+    spread = [c for c in table.columns if c.endswith("_sd") and c[:-3] in table.columns]
+    if not spread:
+        return table
+    out = table.copy()
+    for sd in spread:
+        value = sd[:-3]
+        out[value] = [_cell(value, v) if not isinstance(s, float) or math.isnan(s)
+                      else f"{_cell(value, v)} ± {s:.4f}" for v, s in zip(table[value], table[sd])]
+    return out.drop(columns=spread)
+
+
+def _spread_column(table: pd.DataFrame, column: str) -> bool:
+    return table[column].astype(str).str.contains(" ± ", regex=False).any()
+
+
 def format_cells(table: pd.DataFrame) -> list[list[str]]:
     """Every cell as display text: 4 decimals for accuracies and cosines, '—' where empty."""
     return [[_cell(c, v) for c, v in zip(table.columns, row)]
@@ -52,9 +69,11 @@ def _esc(text: str) -> str:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table, numbers right-aligned."""
+    """A GitHub-flavoured Markdown table, numbers right-aligned, repeats as mean ± sd."""
+    table = fold_spread(table)
     head = "| " + " | ".join(_esc(c) for c in table.columns) + " |"
-    rule = "| " + " | ".join("---:" if _numeric(table, c) else "---" for c in table.columns) + " |"
+    rule = "| " + " | ".join("---:" if _numeric(table, c) or _spread_column(table, c) else "---"
+                             for c in table.columns) + " |"
     body = ["| " + " | ".join(_esc(x) for x in row) + " |" for row in format_cells(table)]
     return "\n".join([head, rule, *body]) + "\n"
 
@@ -80,6 +99,7 @@ def to_rich(table: pd.DataFrame, title: str):
     """The same table for the terminal (short headers, numbers never wrapped)."""
     from rich.table import Table as RichTable
 
+    table = fold_spread(table)
     out = RichTable(title=title, title_justify="left")
     for c in table.columns:
         numeric = _numeric(table, c)

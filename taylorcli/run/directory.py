@@ -44,8 +44,10 @@ FULL = "full"
 MARKER = "run.json"
 METRICS_COLUMNS = [
     "model", "order", "epoch", "step", "lr", "train_loss", "train_acc",
-    "test_loss", "test_acc", "cos_param", "cos_func", "diverged",
+    "test_loss", "test_acc", "cos_param", "cos_func", "diverged", "func_dist",
 ]
+# what runs of taylorcli 0.1 wrote (no func_dist): still read, the new column left empty
+REQUIRED_METRICS = METRICS_COLUMNS[:-1]
 LAYERS_COLUMNS = ["model", "epoch", "layer", "distance", "relative_distance"]
 ARRAY_FOLDERS = ("logits", "params", "kernels")
 RESULT_FILES = ("recipe.yaml", "metrics.csv", "layers.csv", "kernels.csv", "closed_form.csv",
@@ -381,6 +383,7 @@ class Run:
     `recipe` is the recipe as a plain dict; `config` the same, validated (attribute access).
     `kernels`, `children` and `closed_form` are the analyses' tables (None when not computed),
     `logits(step)` the saved test logits. `notes` says which rows of metrics.csv were skipped.
+    A run standing for repeats over seeds (`seeds`) has `<metric>_sd` columns beside its means.
     """
 
     path: Path
@@ -391,6 +394,8 @@ class Run:
     parts: tuple[Path, ...] = ()  # the subset runs merged into this one (report/merge.py)
     info: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    seeds: tuple[int, ...] = ()  # repeats averaged into this one (report/repeats.py)
+    members: tuple[Path, ...] = ()  # their run directories
 
     @property
     def recipe(self) -> dict:
@@ -521,7 +526,9 @@ def clean_metrics(table: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, list[s
     table = table.copy()
     for column in ("order", "epoch", "step"):
         table[column] = pd.to_numeric(table[column], errors="coerce")
-    for column in METRICS_COLUMNS[4:-1]:
+    if "func_dist" not in table.columns:
+        table["func_dist"] = np.nan
+    for column in [c for c in METRICS_COLUMNS[4:] if c != "diverged"]:
         table[column] = pd.to_numeric(table[column], errors="coerce")
     bad_numbers = table[["order", "epoch", "step"]].isna().any(axis=1)
     bad_names = ~table["model"].fillna("").astype(str).map(lambda m: bool(MODEL_NAME.fullmatch(m)))
@@ -551,7 +558,7 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
                               f"folder of a `taylorcli train` run")
     run_dir = RunDir(path)
     recipe = run_dir.read_recipe()
-    metrics, notes = clean_metrics(_read_table(path / "metrics.csv", METRICS_COLUMNS),
+    metrics, notes = clean_metrics(_read_table(path / "metrics.csv", REQUIRED_METRICS),
                                    path / "metrics.csv")
     if metrics.empty:
         raise RunDirError(f"{path / 'metrics.csv'}: no rows yet; the run has not reached its "

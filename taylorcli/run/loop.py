@@ -103,7 +103,8 @@ def train(recipe: Recipe, out: str, progress=None, resume: bool = True, source: 
     `analyses(context)` gives the optional measurements the recipe asks for.
     """
     progress = progress or QuietProgress()
-    with signals.watching():
+    # float64 runs switch JAX's x64 mode on for themselves only, not for the caller's process
+    with signals.watching(), jax.enable_x64(recipe.train.precision == "float64"):
         primary = processes.is_primary()
         run = RunDir(out) if primary else ReadOnlyRunDir(out)
         existing = run.check_usable() == "run"

@@ -1,0 +1,145 @@
+"""The paper's learning-rate protocol: the largest rate of a grid at which the full network trains stably.
+
+Bai et al. chose, for each architecture, the largest learning rate in a grid under which the full
+network's training loss decreases smoothly. Each rate trains the full network alone, from the
+recipe's θ0 on its data order and augmentation, for a few epochs at that constant rate; its
+minibatch losses are judged by `metrics.loss_curve_verdict` (finite; no tenth of the steps,
+averaged, more than 5% above the initial loss or the tenth before it; lower at the end than at
+the start). Writes lr_search.csv (the
+verdict per rate) and lr_curves.csv (every step's loss) into its own folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .. import data as data_lib
+from ..engine.costs import check_fits
+from ..engine.devices import check_batch
+from ..engine.lockstep import FULL, ModelSpec, build_engine, epoch_permutation, init_state, \
+    make_train_step
+from ..errors import RecipeError, RunDirError
+from ..metrics import loss_curve_verdict
+from ..recipe import Recipe, recipe_from_dict, recipe_to_dict
+from .directory import RunDir
+
+COLUMNS = ["lr", "stable", "reason", "initial_loss", "last_window_loss", "largest_rise",
+           "diverged_at_step", "chosen"]
+DEFAULT_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+@dataclass
+class LRSearch:
+    """The verdict per rate, every step's loss, the chosen rate (None: none was stable)."""
+
+    recipe: Recipe
+    table: pd.DataFrame
+    curves: pd.DataFrame
+    chosen: float | None
+    out: Path
+    files: list[Path] = field(default_factory=list)
+
+
+def trial_recipe(recipe: Recipe, lr: float, epochs: int) -> Recipe:
+    """The recipe of one trial: the full network alone, `epochs` epochs at constant rate `lr`."""
+    raw = recipe_to_dict(recipe)
+    raw["optim"].update(lr=lr, schedule="constant", decay_epochs=[], warmup_epochs=0)
+    raw["train"]["epochs"] = epochs
+    raw["taylor"]["orders"] = []
+    raw["models"] = None
+    raw["checkpoint"]["keep_epochs"] = []
+    raw["eval"].update(kernel_n=0, closed_form=False)
+    raw["spawn"] = {}
+    return recipe_from_dict(raw, f"--lrs {lr:g}")
+
+
+def initial_loss(engine, state, ds) -> float:
+    """The loss at θ0 over the whole training set (standardized, not augmented)."""
+    x = data_lib.standardize(jnp.asarray(ds.train_x), mean=ds.mean, std=ds.std)
+    total = 0.0
+    for i in range(0, len(ds.train_y), 1000):
+        logits = engine.apply(state["theta0"], x[i:i + 1000])
+        total += float(engine.loss(logits, jnp.asarray(ds.train_y[i:i + 1000]))) * len(logits)
+    return total / len(ds.train_y)
+
+
+def losses_at(recipe: Recipe, ds, spec) -> tuple[float, np.ndarray]:
+    """The loss at θ0, and every step's minibatch training loss of the full network trained by
+    `recipe`."""
+    engine = dataclasses.replace(build_engine(recipe, spec), specs=(ModelSpec(FULL),))
+    state = init_state(engine, recipe, spec)
+    start = initial_loss(engine, state, ds)
+    step_fn = jax.jit(make_train_step(engine, recipe.seed), donate_argnums=0)
+    train_x, train_y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
+    spe, perm, losses = engine.steps_per_epoch, None, []
+    for step in range(recipe.train.epochs * spe):
+        if step % spe == 0:
+            perm = epoch_permutation(recipe.seed, step // spe, len(ds.train_y))
+        state, stats = step_fn(state, perm, train_x, train_y)
+        losses.append(stats[FULL][0])
+    return start, np.asarray(jax.device_get(losses), np.float64)
+
+
+def claim_folder(out: Path) -> RunDir:
+    """`out` as this search's folder: new, empty, or an earlier search's (marked by run.json)."""
+    folder = RunDir(out)
+    if folder.is_run():
+        if folder.read_info().get("kind") != "lr_search":
+            raise RunDirError(f"--out {out}: holds a taylorcli run, not a learning-rate search; "
+                              f"choose another --out")
+        return folder
+    if out.exists() and (not out.is_dir() or any(not e.name.startswith(".") for e in out.iterdir())):
+        raise RunDirError(f"--out {out}: exists and is not a learning-rate search's folder (no "
+                          f"run.json); choose a new or empty folder")
+    folder.prepare()
+    folder.create({"kind": "lr_search"})
+    return folder
+
+
+def lr_search(recipe: Recipe, lrs=DEFAULT_GRID, epochs: int = 3, out: str | Path | None = None,
+              report=print) -> LRSearch:
+    """Try every rate on the full network for `epochs` epochs; choose the largest stable one."""
+    lrs = sorted(set(float(v) for v in lrs))
+    if not lrs or any(not v > 0 for v in lrs):
+        raise RecipeError(f"--lrs {','.join(map(str, lrs))}: expected rates > 0")
+    if epochs > recipe.train.epochs:
+        raise RecipeError(f"--epochs {epochs}: expected at most the recipe's train.epochs "
+                          f"({recipe.train.epochs})")
+    out = Path(out) if out is not None else Path("runs") / f"{recipe.name}_lr_search"
+    ds = data_lib.load_for_recipe(recipe)
+    recipe = data_lib.with_data_stats(recipe, ds)
+    spec = data_lib.spec_of(ds)
+    trials = [trial_recipe(recipe, lr, epochs) for lr in lrs]
+    check_batch(trials[0], ds, "recipe")
+    check_fits(trials[0], spec, "recipe")
+    folder = claim_folder(out)  # only once the recipe and data are known to work
+    rows, curves = [], []
+    with jax.enable_x64(recipe.train.precision == "float64"):
+        for trial in trials:
+            start, losses = losses_at(trial, ds, spec)
+            v = loss_curve_verdict(losses, start)
+            rows.append({"lr": trial.optim.lr, "stable": v["stable"], "reason": v["reason"],
+                         "initial_loss": v["first"], "last_window_loss": v["last"],
+                         "largest_rise": v["largest_rise"], "diverged_at_step": v["diverged_at"]})
+            curves += [{"lr": trial.optim.lr, "step": i + 1, "loss": float(x)}
+                       for i, x in enumerate(losses)]
+            report(f"lr {trial.optim.lr:g}: {'stable' if v['stable'] else 'unstable'} "
+                   f"({v['reason']})")
+    stable = [r["lr"] for r in rows if r["stable"]]
+    chosen = max(stable) if stable else None
+    for r in rows:
+        r["chosen"] = r["lr"] == chosen
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    curve_table = pd.DataFrame(curves, columns=["lr", "step", "loss"])
+    result = LRSearch(recipe, table, curve_table, chosen, out)
+    for name, t in (("lr_search.csv", table), ("lr_curves.csv", curve_table)):
+        folder.write_table(name, t.to_dict("records"), list(t.columns))
+        result.files.append(out / name)
+    return result

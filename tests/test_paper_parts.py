@@ -1,0 +1,237 @@
+"""The rest of the paper: Theorem 1 (func_dist, float64, width scaling), Figure 1's projection,
+the learning-rate protocol, and seeds as repeats — each against an independent computation."""
+
+import io
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import TINY
+from taylorcli.metrics import fit_slope, loss_curve_verdict, trajectory_projection
+from taylorcli.recipe import recipe_from_dict
+from taylorcli.run.directory import METRICS_COLUMNS, Run, load_run
+
+
+def taylorcli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "taylorcli", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+# ---------------------------------------------------------------------------
+# Theorem 1
+
+
+@pytest.fixture(scope="module")
+def float64_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("f64") / "run"
+    raw = {**TINY, "name": "theorem1", "data": {**TINY["data"], "pad": 0},
+           "model": {"arch": "mlp", "depth": 1, "width": 16, "activation": "tanh",
+                     "parameterization": "ntk"},
+           "taylor": {"orders": [1, 2, 3]},
+           "train": {"epochs": 3, "batch_size": 128, "loss": "mse", "precision": "float64"},
+           "optim": {"lr": 0.5, "schedule": "constant", "grad_clip": None}}
+    path = out.parent / "t.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = taylorcli("train", path, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_func_dist_is_the_rms_of_the_saved_test_logits(float64_run):
+    run = load_run(float64_run)
+    assert list(run.metrics.columns[:12]) == METRICS_COLUMNS[:12]  # the contract's order kept
+    for step in sorted(run.metrics["step"].unique()):
+        logits = run.logits(int(step))
+        assert logits["full"].dtype == np.float64  # train.precision: float64
+        for model in ("order1", "order2", "order3"):
+            want = math.sqrt(np.mean((logits[model] - logits["full"]) ** 2))
+            got = run.metrics.set_index(["model", "step"]).loc[(model, step), "func_dist"]
+            assert got == pytest.approx(want, rel=1e-7, abs=1e-15)
+    final = run.final()
+    assert final.loc["full", "func_dist"] == 0
+
+
+def test_float64_runs_below_float32_resolution(float64_run):
+    """Order 3 stays within ~1e-9 of the network on this short run: float32 could not say so."""
+    final = load_run(float64_run).final()
+    assert 0 < final.loc["order3", "func_dist"] < final.loc["order2", "func_dist"] \
+        < final.loc["order1", "func_dist"]
+    params = np.load(float64_run / "logits" / "step00000003.npz")["order3"]
+    assert params.dtype == np.float64
+
+
+def test_fit_slope_recovers_a_known_power_law():
+    widths = np.array([64, 256, 1024, 4096])
+    rng = np.random.default_rng(0)
+    for slope in (-0.5, -1.0, -1.5, -2.2):
+        values = 3.0 * widths ** slope * np.exp(rng.normal(0, 1e-3, 4))
+        assert fit_slope(widths, values) == pytest.approx(slope, abs=0.01)
+    assert math.isnan(fit_slope([64], [1.0]))
+
+
+def _fake_run(path: Path, recipe: dict, rows: list[dict], layers=None) -> Run:
+    """A run directory written by hand: recipe.yaml and metrics.csv (and layers.csv)."""
+    path.mkdir(parents=True)
+    path.joinpath("recipe.yaml").write_text(yaml.safe_dump(recipe))
+    pd.DataFrame(rows, columns=METRICS_COLUMNS).to_csv(path / "metrics.csv", index=False)
+    if layers is not None:
+        pd.DataFrame(layers).to_csv(path / "layers.csv", index=False)
+    return load_run(path)
+
+
+def _rows(values: dict, epochs=(0, 1, 2), spe=4):
+    """metrics.csv rows: values[model](epoch) -> dict of metric values."""
+    rows = []
+    for e in epochs:
+        for order, model in enumerate(values):
+            v = values[model](e)
+            rows.append({"model": model, "order": order, "epoch": e, "step": e * spe, "lr": 0.1,
+                         "train_loss": v.get("train_loss", 1.0), "train_acc": 0.5,
+                         "test_loss": 1.0, "test_acc": v.get("test_acc", 0.5),
+                         "cos_param": v.get("cos_param", 0.9), "cos_func": 0.9,
+                         "diverged": False, "func_dist": v.get("func_dist", 0.0)})
+    return rows
+
+
+def test_report_fits_theorem1_on_runs_differing_only_in_width(tmp_path):
+    """Hand-made runs whose order-k distance is c·m^(-k/2) · (1 + e): slopes −k/2 recovered."""
+    base = recipe_from_dict({"name": "sweep", "model": {"arch": "mlp", "depth": 1}}).model_dump()
+    for m in (64, 256, 1024, 4096):
+        recipe = {**base, "model": {**base["model"], "width": m}}
+        values = {"full": lambda e: {},
+                  **{f"order{k}": (lambda e, k=k: {"func_dist": 0.7 * m ** (-k / 2) * e / 2})
+                     for k in (1, 2, 3)}}
+        _fake_run(tmp_path / "runs" / f"w{m}", recipe, _rows(values))
+    # a run of another setting beside them is not part of the group
+    _fake_run(tmp_path / "runs" / "other", {**base, "seed": 5}, _rows({"full": lambda e: {}}))
+    proc = taylorcli("report", tmp_path / "runs", "--out", tmp_path / "report", "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(tmp_path / "report" / "theorem1.csv")
+    assert sorted(table["width"].unique()) == [64, 256, 1024, 4096]
+    for k, rows in table.groupby("order"):
+        assert rows["slope"].iloc[0] == pytest.approx(-k / 2, abs=1e-6)
+        assert (rows["bound_slope"] == -k / 2).all()
+        want = [0.7 * m ** (-k / 2) for m in rows["width"]]  # the maximum: at the last epoch
+        np.testing.assert_allclose(rows["max_func_dist"], want, rtol=1e-6)
+    assert list((tmp_path / "report" / "figures").glob("theorem1_*.png"))
+
+
+# ---------------------------------------------------------------------------
+# Figure 1
+
+
+def test_the_projection_is_the_reference_trajectorys_own_pca():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(1)
+    ref = np.cumsum(rng.normal(size=(12, 40)), axis=0)
+    other = ref + rng.normal(0, 0.3, ref.shape)
+    coords, explained = trajectory_projection(ref, {"ref": ref, "other": other})
+    pca = PCA(n_components=2).fit(ref)
+    for name, points in (("ref", ref), ("other", other)):
+        want = pca.transform(points)
+        got = coords[name]
+        for j in range(2):  # components are defined up to their sign
+            assert min(np.abs(got[:, j] - want[:, j]).max(),
+                       np.abs(got[:, j] + want[:, j]).max()) < 1e-8
+    np.testing.assert_allclose(explained, pca.explained_variance_ratio_, rtol=1e-8)
+    assert (coords["ref"][-1] >= 0).all()  # signs fixed: the reference ends at positive PCs
+
+
+def test_report_draws_figure1_for_a_run_with_saved_logits(float64_run, tmp_path):
+    proc = taylorcli("report", float64_run, "--out", tmp_path / "report")
+    assert proc.returncode == 0, proc.stderr
+    figure = tmp_path / "report" / "figures" / "figure1_run.png"
+    assert figure.is_file() and figure.stat().st_size > 5000
+    assert "Figure 1" in (tmp_path / "report" / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------
+# The learning-rate protocol
+
+
+@pytest.mark.parametrize("curve, stable, why", [
+    (np.linspace(2.3, 0.5, 100), True, "decreases smoothly"),
+    (np.concatenate([np.linspace(2.3, 1.0, 50), np.linspace(1.4, 0.9, 50)]), False, "rose"),
+    (np.concatenate([[2.3, 9.0, 7.0, 5.0], np.linspace(2.2, 1.0, 96)]), False, "above the initial"),
+    (np.concatenate([np.linspace(2.3, 1.0, 60), [np.nan] * 40]), False, "not finite from step 61"),
+    (np.full(100, 2.3), False, "did not decrease"),
+    (np.linspace(2.3, 2.4, 100), False, ""),
+])
+def test_stability_criterion_on_hand_made_curves(curve, stable, why):
+    v = loss_curve_verdict(curve, initial=2.3)
+    assert v["stable"] == stable and why in v["reason"], v
+
+
+def test_noise_within_the_tolerance_is_stable():
+    rng = np.random.default_rng(2)
+    curve = np.linspace(2.3, 1.0, 200) * (1 + rng.normal(0, 0.03, 200))  # per-step noise
+    assert loss_curve_verdict(curve, initial=2.3)["stable"]
+
+
+def test_lr_search_chooses_the_largest_stable_rate(tmp_path):
+    raw = {**TINY, "train": {"epochs": 3, "batch_size": 32}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = taylorcli("lr-search", path, "--lrs", "0.05,0.2,1000", "--epochs", "2", "--out",
+                     tmp_path / "lr")
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(tmp_path / "lr" / "lr_search.csv")
+    curves = pd.read_csv(tmp_path / "lr" / "lr_curves.csv")
+    assert list(table["lr"]) == [0.05, 0.2, 1000]
+    assert not table.set_index("lr").loc[1000, "stable"]  # so large that it blows up
+    for lr, rows in curves.groupby("lr"):
+        v = loss_curve_verdict(rows["loss"].to_numpy(),
+                               table.set_index("lr").loc[lr, "initial_loss"])
+        assert v["stable"] == table.set_index("lr").loc[lr, "stable"]  # the verdict, recomputed
+    stable = table[table["stable"]]["lr"]
+    assert table[table["chosen"]]["lr"].tolist() == ([stable.max()] if len(stable) else [])
+    assert (tmp_path / "lr" / "lr_search.png").is_file()
+    bad = taylorcli("lr-search", path, "--lrs", "0.1,-1")
+    assert bad.returncode == 2 and "--lrs" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ---------------------------------------------------------------------------
+# Seeds
+
+
+def test_repeats_over_seeds_are_mean_and_sd_in_the_tables(tmp_path):
+    """Three hand-made runs of one recipe with seeds 0, 1, 2: report and compare show the mean
+    ± the sample sd over the seeds (pandas computes the same here), a fourth run apart."""
+    base = recipe_from_dict({"name": "digits", "taylor": {"orders": [1]}}).model_dump()
+    accs = {0: (0.90, 0.50), 1: (0.92, 0.55), 2: (0.95, 0.40)}
+    for seed, (full, lin) in accs.items():
+        values = {"full": lambda e, a=full: {"test_acc": a * e / 2},
+                  "order1": lambda e, a=lin: {"test_acc": a * e / 2, "cos_param": 0.1 * e}}
+        _fake_run(tmp_path / "runs" / f"s{seed}", {**base, "seed": seed}, _rows(values))
+    _fake_run(tmp_path / "runs" / "lr", {**base, "optim": {**base["optim"], "lr": 0.3}},
+              _rows({"full": lambda e: {"test_acc": 0.3}, "order1": lambda e: {}}))
+    proc = taylorcli("report", tmp_path / "runs", "--out", tmp_path / "report", "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    t2 = pd.read_csv(tmp_path / "report" / "table2.csv")
+    grouped = t2[t2["seeds"] == 3]
+    frame = pd.DataFrame([{"model": m, "acc": a} for s, pair in accs.items()
+                          for m, a in zip(("full network", "linearized (k=1)"), pair)])
+    want = frame.groupby("model")["acc"].agg(["mean", "std"])  # pandas: ddof=1
+    for _, row in grouped.iterrows():
+        assert row["test_acc"] == pytest.approx(want.loc[row["model"], "mean"])
+        assert row["test_acc_sd"] == pytest.approx(want.loc[row["model"], "std"])
+    assert set(t2["run"]) == {"s0+s1+s2", "lr"}
+    md = taylorcli("report", tmp_path / "runs", "--out", tmp_path / "md")
+    assert md.returncode == 0
+    assert f"{want.loc['full network', 'mean']:.4f} ± {want.loc['full network', 'std']:.4f}" in \
+        (tmp_path / "md" / "report.md").read_text()
+    cmp = taylorcli("compare", *(tmp_path / "runs" / f"s{s}" for s in accs), "--epochs", "1,2",
+                    "--format", "csv")
+    assert cmp.returncode == 0, cmp.stderr
+    table = pd.read_csv(io.StringIO(cmp.stdout))
+    lin = table[table["model"] == "LIN (k=1)"].iloc[0]
+    assert lin["cos_param_ep1"] == pytest.approx(0.1) and lin["cos_param_ep1_sd"] == pytest.approx(0)
+    assert lin["test_acc_ep2"] == pytest.approx(np.mean([0.50, 0.55, 0.40]))
+    assert lin["seeds"] == 3
