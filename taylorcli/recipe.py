@@ -193,6 +193,10 @@ class TrainConfig(Section):
     batch_size: Int(1, 1 << 20) = 128
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"
     split_models: bool = False  # each model (group) on its own local device, not replicated on all
+    # where compiled programs are kept between runs (JAX's persistent cache), so a resumed,
+    # requeued or repeated run does not compile again: null for ~/.cache/taylorcli/jax (or
+    # $TAYLORCLI_COMPILE_CACHE), "off" for none; a shared folder serves a whole job array
+    compile_cache: Optional[str] = None
     # keep: also train on each epoch's last partial batch, as the authors' code (196 steps per
     # epoch at batch 256 on CIFAR-10's 50,000 images; drop gives 195)
     last_batch: Literal["drop", "keep"] = "drop"
@@ -637,6 +641,21 @@ def _with_module_path(recipe: Recipe, folder: Path) -> Recipe:
         return recipe
     model = recipe.model.model_copy(update={"module_path": str(folder.resolve())})
     return recipe.model_copy(update={"model": model})
+
+
+# ---- which keys make a setting ----
+
+# Keys that say where data, checkpoints and compiled programs live, or how evaluation is
+# batched, not what a run learns: runs that differ only in them are the same setting.
+STORAGE_KEYS = ("data.data_dir", "data.archive", "checkpoint.", "train.split_models",
+                "train.compile_cache", "eval.batch_size", "eval.save_logits")
+
+
+def setting_key(recipe: "Recipe", ignore: Sequence[str] = ()) -> str:
+    """What makes a setting: every key but the storage keys and `ignore` (prefixes allowed)."""
+    skip = STORAGE_KEYS + tuple(ignore)
+    return repr(sorted((k, repr(v)) for k, v in recipe_to_flat(recipe).items()
+                       if not k.startswith(skip)))
 
 
 # ---- writing ----

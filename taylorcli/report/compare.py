@@ -14,13 +14,13 @@ from typing import Sequence
 import pandas as pd
 
 from ..errors import ReportError
-from ..recipe import Recipe, recipe_to_flat
+from ..recipe import STORAGE_KEYS, Recipe, recipe_to_flat
 from ..run.directory import EPOCH_TOL, Run, load_run
 from .tables import check_format, to_csv, to_markdown
 
 METRICS = ("test_acc", "cos_param", "cos_func")
 # Recipe keys that change how a run is stored or evaluated, not what it learns: never a label.
-NOT_A_SETTING = ("name", "data.data_dir", "data.archive", "eval.", "checkpoint.")
+NOT_A_SETTING = ("name", "eval.", *STORAGE_KEYS)
 
 
 def parse_epochs(text: str) -> tuple[float, ...]:

@@ -16,19 +16,17 @@ from typing import Sequence
 import pandas as pd
 
 from ..metrics import cos_func, cosine, func_dist
-from ..recipe import Recipe, recipe_to_flat, replace
+from ..recipe import Recipe, replace, setting_key
 from ..run.directory import FULL, Run, read_step_arrays, trains_subset
 
 # Keys that may differ between the parts of one merged run: which models, where the data and
 # checkpoints live, how evaluation is batched and when; how models are placed on devices.
-NOT_COMPARED = ("models", "data.data_dir", "data.archive", "eval.", "checkpoint.",
-                "train.split_models")
+NOT_COMPARED = ("models", "eval.")  # and the storage keys (recipe.STORAGE_KEYS)
 
 
 def merge_key(recipe: Recipe) -> str:
     """What subset runs of one recipe have in common: every setting but `models` and storage."""
-    flat = recipe_to_flat(recipe)
-    return repr(sorted((k, repr(v)) for k, v in flat.items() if not k.startswith(NOT_COMPARED)))
+    return setting_key(recipe, NOT_COMPARED)
 
 
 def _steps(run: Run) -> set[int]:

@@ -12,22 +12,19 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..recipe import recipe_to_flat
+from ..recipe import setting_key
 from ..run.directory import Run
 
 # Averaged over seeds; the other columns (order, epoch, lr) are the same in every repeat.
 AVERAGED = ("train_loss", "train_acc", "test_loss", "test_acc", "cos_param", "cos_func",
             "func_dist")
-# Keys that do not make another setting: where data and results live, how evaluation is
-# batched, and the seed itself.
-NOT_A_SETTING = ("seed", "name", "data.data_dir", "data.archive", "checkpoint.",
-                 "eval.batch_size", "eval.save_logits", "train.split_models")
+# Besides the storage keys (recipe.STORAGE_KEYS): the seed itself, and the run's name.
+NOT_A_SETTING = ("seed", "name")
 
 
 def repeat_key(run: Run) -> str:
     """What repeats of one setting have in common: every recipe key but the seed and storage."""
-    flat = recipe_to_flat(run.config)
-    return repr(sorted((k, repr(v)) for k, v in flat.items() if not k.startswith(NOT_A_SETTING)))
+    return setting_key(run.config, NOT_A_SETTING)
 
 
 def mean_and_sd(tables: Sequence[pd.DataFrame], keys: list[str], columns: Sequence[str]

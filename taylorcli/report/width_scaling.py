@@ -17,13 +17,12 @@ from typing import Sequence
 import pandas as pd
 
 from ..metrics import fit_slope
-from ..recipe import recipe_to_flat
+from ..recipe import setting_key
 from ..run.directory import Run
 
 COLUMNS = ["group", "order", "width", "max_func_dist", "slope", "bound_slope"]
-# Keys that may differ within a group besides the width: the run's name and where it is stored.
-IGNORED = ("model.width", "name", "data.data_dir", "data.archive", "checkpoint.",
-           "eval.batch_size", "eval.save_logits", "train.split_models")
+# Besides the storage keys (recipe.STORAGE_KEYS), what may differ within a group.
+IGNORED = ("model.width", "name")
 
 
 def width_groups(runs: Sequence[Run]) -> list[list[Run]]:
@@ -32,9 +31,7 @@ def width_groups(runs: Sequence[Run]) -> list[list[Run]]:
     for run in runs:
         if run.metrics["func_dist"].notna().sum() == 0:
             continue  # runs of taylorcli 0.1, or a subset run without the full network
-        flat = recipe_to_flat(run.config)
-        key = repr(sorted((k, repr(v)) for k, v in flat.items() if not k.startswith(IGNORED)))
-        groups.setdefault(key, []).append(run)
+        groups.setdefault(setting_key(run.config, IGNORED), []).append(run)
     out = []
     for group in groups.values():
         widths = [r.config.model.width for r in group]

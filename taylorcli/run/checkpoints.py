@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import zlib
 from pathlib import Path
 
@@ -33,9 +34,24 @@ class _OrbaxErrors(logging.Filter):
         return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
 
 
-_ABSL = logging.getLogger("absl")
-if not any(isinstance(f, _OrbaxErrors) for f in _ABSL.filters):
-    _ABSL.addFilter(_OrbaxErrors())
+class _UnretrievedWrites(logging.Filter):
+    """A save that failed part-way leaves orbax's other write futures failing with the same
+    error, which asyncio logs as 'never retrieved'; the caller already has that error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "orbax" not in record.getMessage() and "OCDBT" not in record.getMessage()
+
+
+def _add_filter(logger: logging.Logger, kind: type[logging.Filter]) -> None:
+    if not any(isinstance(f, kind) for f in logger.filters):
+        logger.addFilter(kind())
+
+
+_add_filter(logging.getLogger("absl"), _OrbaxErrors)
+_add_filter(logging.getLogger("asyncio"), _UnretrievedWrites)
+
+# Room a save needs beyond its arrays (orbax's metadata, our digest), before it may start.
+_SAVE_OVERHEAD = 1 << 20
 
 
 def _files(folder: Path) -> list[Path]:
@@ -64,6 +80,7 @@ class Checkpoints:
         self.primary = primary
         self.skipped: list[str] = []  # damaged checkpoints passed over by `restore_latest`
         self._unsigned: list[int] = []
+        self._lock = threading.Lock()
         if self.directory.exists() and not self.directory.is_dir():
             raise CheckpointError(f"{self.directory}: is a file, not the run's checkpoints "
                                   f"folder; move it away to resume from nothing")
@@ -76,8 +93,13 @@ class Checkpoints:
         if read_only:  # orbax warns that a read-only manager will not save, which is the point
             absl.setLevel(logging.ERROR)
         try:
+            # Each save is signed in orbax's own thread right after it is committed: off the
+            # training loop's critical path, and with no gap until the next save.
+            signing = None if read_only or not primary else ocp.options.AsyncOptions(
+                post_finalization_callback=self._sign_committed)
             options = ocp.CheckpointManagerOptions(
                 preservation_policy=policy, create=not read_only, read_only=read_only,
+                async_options=signing,
                 # Every process calls save and restore (they are collective); process 0 writes
                 # the metadata and creates and deletes the step folders.
                 multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0))
@@ -96,26 +118,54 @@ class Checkpoints:
     def save(self, step: int, state, meta: dict) -> None:
         """Start saving `state` at `step` (asynchronously; `wait` makes it durable)."""
         self.wait()  # the previous save, signed before the next begins
+        self._check_room(state)
+        with self._lock:
+            self._unsigned.append(step)
         try:
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
         except Exception as e:  # noqa: BLE001 - orbax raises many types for a failed write
             raise _save_error(self.directory, e) from None
-        self._unsigned.append(step)
+
+    def _check_room(self, state) -> None:
+        """Refuse a save the disk cannot hold before it starts: orbax's writers, failing
+        part-way, leave a half-written step and noise from their threads."""
+        needed = sum(getattr(leaf, "nbytes", 8) for leaf in jax.tree.leaves(state)) + _SAVE_OVERHEAD
+        try:
+            disk = os.statvfs(self.directory)
+            free = disk.f_bavail * disk.f_frsize
+        except OSError:
+            return  # not a local filesystem we can ask; orbax's own error will say it
+        if free < needed:
+            raise CheckpointError(
+                f"{self.directory}: cannot save a checkpoint (the disk is full: {free} bytes "
+                f"free, {needed} needed); the run stays resumable from its last complete "
+                f"checkpoint")
+
+    def _sign_committed(self) -> None:
+        """Write the digest of every committed, unsigned step (orbax's thread, after a commit)."""
+        with self._lock:
+            pending = list(self._unsigned)
+        for step in pending:
+            folder = self.directory / str(step)
+            if folder.is_dir():
+                try:
+                    _write_json(folder / DIGEST, folder_digest(folder))
+                except OSError:  # deleted meanwhile by the keep policy, or no space: unsigned
+                    pass
+                with self._lock:
+                    self._unsigned.remove(step)
 
     def wait(self) -> None:
-        """Block until every started save is on disk, then write its digest."""
+        """Block until every started save is on disk and signed."""
         try:
             self.manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001 - the saving thread's error, re-raised here
-            self._unsigned.clear()
+            with self._lock:
+                self._unsigned.clear()
             raise _save_error(self.directory, e) from None
-        if self.primary:
-            for step in self._unsigned:
-                folder = self.directory / str(step)
-                if folder.is_dir():
-                    _write_json(folder / DIGEST, folder_digest(folder))
-        self._unsigned.clear()
+        if self.primary and self._unsigned:  # a save that committed without the callback
+            self._sign_committed()
 
     def damage(self, step: int) -> str | None:
         """Why the checkpoint at `step` is damaged (a file differs from its digest), or None."""

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import data as data_lib
-from ..engine import processes
+from ..engine import compile_cache, processes
 from ..engine.costs import check_fits
 from ..engine.devices import batch_sharding, check_batch, data_mesh, replicate
 from ..engine.evaluation import Evaluator
@@ -32,7 +32,7 @@ from ..engine.lockstep import FULL, build_engine, epoch_permutations, init_state
 from ..engine.optimizer import make_schedule
 from ..errors import FullDiverged, RecipeError, RunDirError, Stopped
 from ..models import count_params
-from ..recipe import Recipe, dump_recipe, recipe_to_dict
+from ..recipe import STORAGE_KEYS, Recipe, dump_recipe, recipe_to_dict
 from . import signals
 from .analysis import AnalysisFactory, Point, RunContext, no_analyses
 from .checkpoints import Checkpoints
@@ -43,8 +43,7 @@ from .start import initial_state
 
 # Recipe keys a resumed run may change: where data and checkpoints live, how and when it
 # evaluates, how models are placed on devices. Each change is recorded in run.json.
-RESUMABLE_CHANGES = ("data.data_dir", "data.archive", "checkpoint.", "train.split_models",
-                     "eval.batch_size", "eval.every_epochs", "eval.steps", "eval.save_logits")
+RESUMABLE_CHANGES = STORAGE_KEYS + ("eval.every_epochs", "eval.steps")
 
 
 @dataclass(frozen=True)
@@ -57,6 +56,7 @@ class TrainResult:
     final: list[dict]
     diverged: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    startup_s: float | None = None  # from train() to the first step done (compilation included)
 
 
 def evaluation_steps(recipe: Recipe, steps_per_epoch: int) -> list[int]:
@@ -103,6 +103,8 @@ def train(recipe: Recipe, out: str, progress=None, resume: bool = True, source: 
     `analyses(context)` gives the optional measurements the recipe asks for.
     """
     progress = progress or QuietProgress()
+    started = time.monotonic()
+    compile_cache.enable(recipe)
     # float64 runs switch JAX's x64 mode on for themselves only, not for the caller's process
     with signals.watching(), jax.enable_x64(recipe.train.precision == "float64"):
         primary = processes.is_primary()
@@ -121,7 +123,8 @@ def train(recipe: Recipe, out: str, progress=None, resume: bool = True, source: 
         lock = RunLock(run.path) if primary else NoLock()
         lock.acquire()
         try:
-            return _train(recipe, run, ds, spec, progress, existing, resume, changes, analyses)
+            return _train(recipe, run, ds, spec, progress, existing, resume, changes, analyses,
+                          started)
         finally:
             lock.release()
 
@@ -133,7 +136,7 @@ def _stop_if_asked(phase: str) -> None:
 
 
 def _train(recipe: Recipe, run: RunDir, ds, spec, progress, existing: bool, resume: bool,
-           changes: list[str], analyses: AnalysisFactory) -> TrainResult:
+           changes: list[str], analyses: AnalysisFactory, started: float) -> TrainResult:
     mesh = None if recipe.train.split_models else data_mesh()
     engine = dataclasses.replace(build_engine(recipe, spec), batch_sharding=batch_sharding(mesh))
     spe = engine.steps_per_epoch
@@ -186,7 +189,7 @@ def _train(recipe: Recipe, run: RunDir, ds, spec, progress, existing: bool, resu
             tables.restore(meta.get("tables"), start, spe)
         progress.start(total, spe, engine.names, first_step=start)
         t0 = time.monotonic()
-        perm, last = None, {}
+        perm, last, startup = None, {}, None
         for step in range(start, total + 1):
             # A checkpoint at `start` was taken after that step's evaluation and saves.
             resumed_here = found is not None and step == start
@@ -224,16 +227,30 @@ def _train(recipe: Recipe, run: RunDir, ds, spec, progress, existing: bool, resu
                 perm = replicate(epoch_permutations(engine, recipe.seed, step // spe,
                                                     len(ds.train_y)), mesh)
             state, last = step_fn(state, perm, train_x, train_y)
-            progress.step(step + 1, lambda: jax.device_get(last))
+            if startup is None:  # once: the time to the first step, compilation included
+                jax.block_until_ready(last)
+                startup = time.monotonic() - started
+            progress.step(step + 1, lambda: values_if_ready(last))
     finally:
         progress.close()
         with signals.interrupts_deferred():
             ckpts.close()
     seconds = time.monotonic() - t0
-    progress.finish(f"done: steps {start}..{total} in {seconds:.1f} s; results in {run.path}")
+    began = f" (first step {startup:.1f} s after the start)" if startup is not None else ""
+    progress.finish(f"done: steps {start}..{total} in {seconds:.1f} s{began}; results in "
+                    f"{run.path}")
     metrics = tables.rows["metrics.csv"]
     return TrainResult(run, total, seconds, metrics[-len(engine.names):],
-                       diverged_models(metrics), notes)
+                       diverged_models(metrics), notes, startup)
+
+
+def values_if_ready(tree):
+    """The step's statistics on the host if the device has computed them, else None: the
+    progress display never makes the loop wait for the device between evaluations."""
+    leaves = jax.tree.leaves(tree)
+    if not all(getattr(x, "is_ready", lambda: True)() for x in leaves):
+        return None
+    return jax.device_get(tree)
 
 
 class Tables:

@@ -29,11 +29,15 @@ class PlainProgress:
                     f"({steps_per_epoch} per epoch)")
 
     def step(self, step: int, latest: Callable[[], dict]) -> None:
-        """Called after each optimizer step; `latest()` fetches the newest minibatch losses."""
+        """Called after each optimizer step; `latest()` gives the newest minibatch losses, or
+        None while the device is still computing them (it never waits)."""
         now = time.monotonic()
         if now - self.last >= self.every_s:
+            values = latest()
+            if values is None:  # still computing: the next step will tell
+                return
             self.last = now
-            losses = " ".join(f"{n}={_fmt(v[0])}" for n, v in latest().items())
+            losses = " ".join(f"{n}={_fmt(v[0])}" for n, v in values.items())
             self._print(f"step {step}/{self.total} epoch {step / self.spe:.2f} "
                         f"{self._rate(step, now):.2f} steps/s loss {losses}")
 
@@ -86,7 +90,9 @@ class RichProgress(PlainProgress):
         if now - self.last >= self.refresh_s:
             self.last = now
             self.step_now = step
-            self.loss = {n: float(v[0]) for n, v in latest().items()}
+            values = latest()
+            if values is not None:  # None: the device is still computing; keep the last ones
+                self.loss = {n: float(v[0]) for n, v in values.items()}
             self.live.update(self._table())
 
     def evaluation(self, step: int, epoch: float, rows: list[dict]) -> None:
