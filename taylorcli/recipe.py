@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, get_arg
 import annotated_types as at
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, \
-    ValidationError, model_validator
+    ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from .errors import RecipeError
@@ -203,6 +203,12 @@ class TrainConfig(Section):
     # float64: every model, optimizer state and metric in double precision (JAX's x64 mode,
     # switched on for the run only), for differences far below float32's resolution
     precision: Literal["float32", "float64"] = "float32"
+
+    @field_validator("compile_cache", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        # YAML reads a bare `off`/`no`/`false` as False and `on`/`yes`/`true` as True.
+        return ("off" if value is False else None) if isinstance(value, bool) else value
 
 
 class OptimConfig(Section):

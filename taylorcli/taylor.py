@@ -46,7 +46,7 @@ from jax.experimental import jet
 
 from jax.extend import core as jcore
 
-__all__ = ["taylorize", "taylorize_nested"]
+__all__ = ["taylorize", "taylorize_nested", "truncation_plan"]
 
 
 # ---------------------------------------------------------------------------
@@ -689,6 +689,53 @@ def _weight_sums(call, hi, dhi, lo, y0, wanted):
 
 _SUM_RULES = {"linear": _linear_sums, "relu": _relu_sums, "extreme": _extreme_sums,
               "bilinear": _bilinear_sums}
+
+
+def truncation_plan(apply_fn: Callable, params0: Any, order: int, *args) -> list[dict]:
+    """Each bilinear layer of the order-k Taylor model, in call order: what Taylor mode computes.
+
+    Per layer: `layer` (its scope), `input_degree`, `sums` (the partial sums of its output it
+    supplies, or "all" coefficients), `passes` (forward plus gradient passes of its training
+    step, the primal included, by the cost model of `_weight_plan`; None where not a weight
+    layer) and `flops` (one forward pass). The count in the README's Speed section.
+    """
+    _check_order(order)
+    closed = jax.make_jaxpr(lambda p: apply_fn(p, *args))(params0)
+    rows: list[dict] = []
+    _walk(closed.jaxpr, [1 if order else 0] * len(closed.jaxpr.invars),
+          [frozenset({order})] * len(closed.jaxpr.outvars), order, rows)
+    for n, row in enumerate(rows):  # the primal feeds a gate except at the top
+        row["passes"] = None if row["passes"] is None else row["passes"] + (n < len(rows) - 1)
+    return rows
+
+
+def _walk(jaxpr, in_degrees, out_demands, order, rows):
+    degrees, rules = _degrees(jaxpr, in_degrees, order)
+    demand = _demands(jaxpr, degrees, rules, out_demands, order)
+    for eqn, rule in zip(jaxpr.eqns, rules):
+        wanted = [demand.get(v, _NONE) for v in eqn.outvars]
+        ins = [0 if isinstance(v, jcore.Literal) else degrees.get(v, 0) for v in eqn.invars]
+        if rule == "call":
+            sub, _ = _sub_jaxpr(eqn)
+            _walk(sub, ins, wanted, order, rows)
+            continue
+        if eqn.primitive.name not in ("conv_general_dilated", "dot_general") or rule == "const":
+            continue
+        out, w = eqn.outvars[0].aval, eqn.invars[1].aval
+        flops = 2 * math.prod(out.shape) * math.prod(w.shape) // w.shape[-1]
+        # Layers call B(activation, weight): the activation's degree is the input's.
+        din, dw = ins[:2]
+        sums = "all" if wanted[0] is _ALL else tuple(sorted(wanted[0]))
+        if sums == "all" or dw != 1:
+            passes = None
+        elif din == 0:  # B(x, W) on data: each wanted sum is B(x, W), its forward and weight pass
+            passes = 2 * bool(sums)
+        else:
+            calls, _ = _weight_plan(sums, din)
+            passes = sum(0 if c == ("W0", ("S", 0)) else 1 + (c[0] != "W0") + (c[1] != ("S", 0))
+                         for c in calls)
+        rows.append({"layer": str(eqn.source_info.name_stack), "input_degree": din,
+                     "sums": sums, "passes": passes, "flops": flops})
 
 
 CALL_PRIMITIVES = frozenset(_CALLS)  # primitives whose sub-jaxpr is evaluated as a call

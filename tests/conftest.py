@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny digits recipe that trains in a second or two on a laptop CPU."""
 
 import copy
+import os
 
 import pytest
 
@@ -17,6 +18,20 @@ TINY = {
     "optim": {"lr": 0.1, "grad_clip": 5.0, "schedule": "constant"},
     "eval": {"every_epochs": 1, "batch_size": 64},
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(tmp_path_factory):
+    """One persistent compilation cache for the session's runs (processes inherit it), kept out
+    of the user's own ~/.cache: the many runs of the tiny recipe compile their programs once."""
+    folder = tmp_path_factory.mktemp("jax_cache")
+    before = os.environ.get("TAYLORCLI_COMPILE_CACHE")
+    os.environ["TAYLORCLI_COMPILE_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("TAYLORCLI_COMPILE_CACHE", None)
+    else:
+        os.environ["TAYLORCLI_COMPILE_CACHE"] = before
 
 
 @pytest.fixture(scope="session")

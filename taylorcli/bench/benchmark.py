@@ -3,7 +3,8 @@
 Measured side by side in one process, on synthetic CIFAR-shaped data (sizes adjustable):
 each order's training step with `taylorize` and with `taylorize_nested`, the full step, the
 lockstep step against the sum of the separate steps, XLA's FLOPs of each order's step against
-the Taylor-mode bound (5k/3 full steps: 2k+1 forward passes and about 3k-1 backward), images
+the count derived from its truncation plan (which partial sums each layer supplies) and the
+untruncated Taylor-mode bound (5k/3 full steps: 2k+1 forward passes and 3k-1 backward), images
 per second, the share of the step spent on data and augmentation, and the compiled memory of
 the lockstep step of each Table 1 recipe at its batch size.
 """
@@ -26,6 +27,7 @@ from .. import data as data_lib
 from ..engine.costs import compiled_flops, step_cost
 from ..engine.lockstep import build_engine, init_state, make_train_step
 from ..recipe import load_named_recipe, recipe_from_dict
+from ..taylor import truncation_plan
 from .step_profile import KINDS, profile_step
 
 TABLE1 = ("cnnthin", "cnnthick", "wrnthin", "wrnthick")  # bundled recipes
@@ -69,6 +71,11 @@ class Bench:
         self.perm = jnp.arange(len(x))
         self.engine = build_engine(self.recipe, self.spec)
         self._compiled = {}
+
+    def plan(self, order: int) -> list[dict]:
+        """Taylor mode's truncation plan of this setting's network at one order."""
+        theta0 = init_state(self.engine, self.recipe, self.spec)["theta0"]
+        return truncation_plan(self.engine.apply, theta0, order, self.train_x[: self.s.batch])
 
     def engine_for(self, names, nested=False):
         """The lockstep engine restricted to some models."""
@@ -124,8 +131,17 @@ class Bench:
 
 
 def bound(order: int) -> float:
-    """Taylor-mode cost of an order-k step in full steps: (2k+1 forward + 3k-1 backward) / 3."""
+    """Untruncated Taylor-mode cost of an order-k step in full steps: (2k+1 fwd + 3k-1 bwd) / 3."""
     return 5 * order / 3
+
+
+def derived_count(plan: list[dict]) -> float | None:
+    """An order's step in full steps, counted from its truncation plan: Σ passes × forward
+    FLOPs per layer over the full step's 3 passes per layer (2 for the first, on data)."""
+    if any(row["passes"] is None for row in plan):
+        return None
+    full = sum((2 if n == 0 else 3) * row["flops"] for n, row in enumerate(plan))
+    return sum(row["passes"] * row["flops"] for row in plan) / full
 
 
 def run_setting(s: Setting, repeats: int, nested: bool = True,
@@ -136,8 +152,10 @@ def run_setting(s: Setting, repeats: int, nested: bool = True,
     out = {"setting": s.label(), "full": full, "orders": {}}
     for k in s.orders:
         fast = b.time_step(b.engine_for([f"order{k}"]))
+        plan = b.plan(k)
         row = {"taylorize": fast, "flops_vs_full": fast["flops"] / full["flops"],
-               "flops_vs_bound": fast["flops"] / (full["flops"] * bound(k))}
+               "flops_vs_bound": fast["flops"] / (full["flops"] * bound(k)),
+               "count": derived_count(plan), "plan": plan}
         if nested:
             ref = b.time_step(b.engine_for([f"order{k}"], nested=True))
             row["nested"] = ref
@@ -147,6 +165,8 @@ def run_setting(s: Setting, repeats: int, nested: bool = True,
     lock = b.time_step(b.engine)
     # Minimum over repeats: the least disturbed figure on a shared machine.
     separate = full["min_s"] + sum(r["taylorize"]["min_s"] for r in out["orders"].values())
+    out["separate_flops"] = full["flops"] + sum(r["taylorize"]["flops"]
+                                                for r in out["orders"].values())
     data_s = b.time_data()
     out.update({
         "lockstep": lock,
@@ -186,21 +206,26 @@ def _render(results: dict, console: Console) -> None:
     for r in results["settings"]:
         t = Table(title=f"{r['setting']} (best of {results['repeats']}; {results['device']})",
                   title_justify="left")
-        for col in ("step", "ms", "nested ms", "speedup", "FLOPs / full", "nested FLOPs / full",
-                    "FLOPs / bound"):
+        for col in ("step", "ms", "nested ms", "speedup", "FLOPs / full", "count",
+                    "nested FLOPs / full", "untruncated bound"):
             t.add_column(col, justify="left" if col == "step" else "right")
-        t.add_row("full", f"{r['full']['min_s'] * 1e3:.1f}", "", "", "1.00", "", "")
+        t.add_row("full", f"{r['full']['min_s'] * 1e3:.1f}", "", "", "1.00", "", "", "")
         for k, o in r["orders"].items():
             t.add_row(f"order {k}", f"{o['taylorize']['min_s'] * 1e3:.1f}",
                       f"{o['nested']['min_s'] * 1e3:.1f}" if "nested" in o else "",
                       f"{o['speedup_vs_nested']:.2f}x" if "nested" in o else "",
                       f"{o['flops_vs_full']:.2f}",
+                      f"{o['count']:.2f}" if o["count"] is not None else "",
                       f"{o['nested_flops_vs_full']:.2f}" if "nested" in o else "",
-                      f"{o['flops_vs_bound']:.2f}")
+                      f"{bound(int(k)):.2f}")
         t.add_row("lockstep", f"{r['lockstep']['min_s'] * 1e3:.1f}", "", "",
-                  f"{r['lockstep']['flops'] / r['full']['flops']:.2f}", "", "")
-        t.add_row("separate (sum)", f"{r['separate_sum_s'] * 1e3:.1f}", "", "", "", "", "")
+                  f"{r['lockstep']['flops'] / r['full']['flops']:.2f}", "", "", "")
+        t.add_row("separate (sum)", f"{r['separate_sum_s'] * 1e3:.1f}", "", "",
+                  f"{r['separate_flops'] / r['full']['flops']:.2f}", "", "", "")
         console.print(t)
+        console.print("count: the truncation plan's passes per layer weighted by the layer's "
+                      "FLOPs (taylor.truncation_plan); untruncated bound: 5k/3")
+        _render_plans(r, console)
         console.print(f"lockstep / separate = {r['lockstep_vs_separate']:.3f}   "
                       f"images/s = {r['images_per_s']:.1f}   data+augmentation = "
                       f"{r['data_s'] * 1e3:.2f} ms ({100 * r['data_share']:.2f}% of the step)")
@@ -223,6 +248,25 @@ def _render(results: dict, console: Console) -> None:
             t.add_row(name, f"{m['peak_gib']:.2f}", f"{m['temp_gib']:.2f}",
                       f"{m['flops'] / 1e12:.2f}", m["backend"])
         console.print(t)
+
+
+def _render_plans(r: dict, console: Console) -> None:
+    """Per layer, input to output: the partial sums of its output each order computes."""
+    orders = list(r["orders"])
+    t = Table(title=f"partial sums each layer supplies, per order ({r['setting']})",
+              title_justify="left")
+    t.add_column("layer")
+    for k in orders:
+        t.add_column(f"order {k}", justify="right")
+    plans = [r["orders"][k]["plan"] for k in orders]
+    for n, row in enumerate(plans[0]):
+        cells = []
+        for plan in plans:
+            sums = plan[n]["sums"]
+            cells.append(sums if isinstance(sums, str) else ",".join(map(str, sums)) +
+                         f" ({plan[n]['passes']}p)")
+        t.add_row(row["layer"].split("/")[-1], *cells)
+    console.print(t)
 
 
 def main(argv=None) -> None:
@@ -271,7 +315,11 @@ def _summary(results: dict) -> dict:
     first = results["settings"][0]
     return {
         "speedup_vs_nested": {k: o.get("speedup_vs_nested") for k, o in first["orders"].items()},
+        "flops_vs_full": {k: o["flops_vs_full"] for k, o in first["orders"].items()},
+        "count": {k: o["count"] for k, o in first["orders"].items()},
         "flops_vs_bound": {k: o["flops_vs_bound"] for k, o in first["orders"].items()},
+        "lockstep_flops_vs_full": first["lockstep"]["flops"] / first["full"]["flops"],
+        "separate_flops_vs_full": first["separate_flops"] / first["full"]["flops"],
         "lockstep_vs_separate": first["lockstep_vs_separate"],
         "images_per_s": first["images_per_s"],
         "data_share": first["data_share"],
