@@ -10,6 +10,7 @@ the reports they feed, as YAML data shipped in taylorcli/paper/NAME.yaml.
     small:                          # --scale small
       cifar: [data.dataset=digits, ...]    # every run whose data is CIFAR
       runs: {cnnthin: [model.width=16, ...]}
+      spawn_at: {spawn: [0, 1, 2]}         # a spawn run's epochs at this scale
 
 A manifest may also be given by path (a YAML file of the same shape).
 """
@@ -174,8 +175,18 @@ def load_manifest(name: str, scale: str = "full") -> Manifest:
         raise PaperError(f"{source}: key report: {bad[0]!r}; expected a list of "
                          f"{', '.join(REPORTS)}")
     small = raw.get("small") or {}
-    if not isinstance(small, dict) or set(small) - {"cifar", "runs"}:
-        raise PaperError(f"{source}: key small: expected a mapping with cifar and runs")
+    if not isinstance(small, dict) or set(small) - {"cifar", "runs", "spawn_at"}:
+        raise PaperError(f"{source}: key small: expected a mapping with cifar, runs, spawn_at")
+    spawn_at = small.get("spawn_at") or {}
+    sweeps = {r.name: r for r in runs if r.spawn is not None}
+    if not isinstance(spawn_at, dict) or set(spawn_at) - set(sweeps):
+        raise PaperError(f"{source}: key small.spawn_at: expected a mapping of the spawn runs' "
+                         f"names to lists of epochs, got {spawn_at!r}")
+    if scale == "small":  # the small parent trains fewer epochs: spawn at its own epochs
+        runs = tuple(RunEntry(r.name, r.recipe, r.overrides, r.feeds, _spawn(
+            {"parent": r.spawn.parent, "at": spawn_at[r.name], "orders": list(r.spawn.orders),
+             "children": r.spawn.children}, f"{source}: key small.spawn_at.{r.name}"))
+            if r.name in spawn_at else r for r in runs)
     small_runs = small.get("runs") or {}
     if not isinstance(small_runs, dict) or set(small_runs) - trains:
         extra = sorted(set(small_runs) - trains) if isinstance(small_runs, dict) else small_runs

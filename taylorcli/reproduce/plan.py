@@ -16,6 +16,10 @@ from ..recipe import Recipe, load_named_recipe, resolve_recipe, setting_key
 from .manifest import CIFAR, Manifest, RunEntry
 
 DEFAULT_TFLOPS = 20.0  # an assumption: sustained lockstep throughput of one GPU, TFLOP/s
+# Keys that change what a run learns but not its compiled step's cost: runs differing only in
+# them share one compilation (the step's shape and program stay the same).
+COST_FREE = ("name", "seed", "optim.lr", "optim.schedule", "optim.decay_epochs",
+             "optim.decay_factor", "train.epochs", "eval.", "checkpoint.")
 PLAN_COLUMNS = ["run", "kind", "recipe", "overrides", "models", "epochs", "steps", "params",
                 "flops_per_step", "flops_total", "memory_gib", "gpu_hours"]
 
@@ -196,7 +200,7 @@ def add_costs(plan: Plan, report=None) -> Plan:
 
     seen: dict[str, tuple] = {}
     for run in plan.runs:
-        key = setting_key(run.recipe, ignore=("name",))
+        key = setting_key(run.recipe, ignore=COST_FREE)
         if key not in seen:
             if report is not None:
                 report(f"compiling {run.name}'s lockstep step ({', '.join(run.models)}) ...")

@@ -56,7 +56,7 @@ def run_status(out: Path, run: PlanRun) -> RunStatus:
                 detail = f"epoch {last:g} of {r.config.train.epochs}"
         except RunDirError as e:
             detail = str(e)
-    if state != DONE and failed_path(out, run).is_file():
+    if failed_path(out, run).is_file():  # its last attempt failed (a success removes it)
         line = _last_line(log_path(out, run)) or f"exit {_last_line(failed_path(out, run))}"
         return RunStatus(run, FAILED, line, last)
     return RunStatus(run, state, detail, last)
