@@ -36,7 +36,7 @@ def _manifest(tmp_path: Path, runs=None, report=("paper",)) -> Path:
         {"name": "b", "recipe": str(recipe), "set": ["optim.lr=0.05"], "feeds": ["Table 2"]},
     ]
     path = tmp_path / "tinypaper.yaml"
-    small = {"runs": {runs[0]["name"]: ["train.epochs=1"]}}
+    small = {"runs": {r["name"]: ["train.epochs=1"] for r in runs}}
     path.write_text(yaml.safe_dump({"name": "tinypaper", "report": list(report), "runs": runs,
                                     "small": small}))
     return path
@@ -133,15 +133,16 @@ print(f"{{jid}};cluster" if "--parsable" in args else f"Submitted batch job {{ji
 def test_local_and_the_slurm_array_write_the_same_report_and_status_reads_them(tmp_path):
     manifest = _manifest(tmp_path)
     local, cluster = tmp_path / "local", tmp_path / "cluster"
-    out = _cli(manifest, "--local", "--out", local, cwd=tmp_path)
+    out = _cli(manifest, "--scale", "small", "--local", "--out", local, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert (local / "report" / "report.md").is_file()
-    again = _cli(manifest, "--local", "--out", local, cwd=tmp_path)  # resumable: nothing trains
+    # resumable: rerunning trains nothing
+    again = _cli(manifest, "--scale", "small", "--local", "--out", local, cwd=tmp_path)
     assert again.returncode == 0 and again.stdout.count("finished, skipped") == 2, again.stdout
 
     bin_ = _standin_sbatch(tmp_path / "bin")
-    out = _cli(manifest, "--slurm", "--out", cluster, "--partition", "gpu", "--account", "lab",
-               "--sbatch", "--mem=8G", cwd=tmp_path)
+    out = _cli(manifest, "--scale", "small", "--slurm", "--out", cluster, "--partition", "gpu",
+               "--account", "lab", "--sbatch", "--mem=8G", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     array = (cluster / "slurm" / "train.sbatch").read_text()
     for line in ("#SBATCH --array=0-1", "#SBATCH --partition=gpu", "#SBATCH --account=lab",
@@ -162,7 +163,7 @@ def test_local_and_the_slurm_array_write_the_same_report_and_status_reads_them(t
     for run in ("a", "b"):
         assert (cluster / run / "metrics.csv").read_text() == (local / run / "metrics.csv").read_text()
 
-    status = _cli(manifest, "--status", "--out", cluster, cwd=tmp_path)
+    status = _cli(manifest, "--scale", "small", "--status", "--out", cluster, cwd=tmp_path)
     assert status.returncode == 0 and "2 done, 0 partial, 0 missing, 0 failed" in status.stdout
 
 
@@ -197,7 +198,9 @@ def test_status_shows_partial_missing_and_failed_runs(tmp_path):
     text = shown.stdout
     assert "0 done, 1 partial, 1 missing, 1 failed" in text, text
     assert "epoch 0 of 1" in text and "diverged" in text  # the failed run's last log line
-    assert "partial" in text and "waiting" not in text  # Tables and figures with a run shown
+    readiness = {ln.split("│")[1].strip(): ln.split("│")[2].strip()
+                 for ln in text.splitlines() if ln.count("│") == 5 and ("Table" in ln or "Figure" in ln)}
+    assert readiness == {"Table 2": "partial", "Figure 2": "waiting"}, text
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):
