@@ -332,6 +332,95 @@ def report(
     wide.print(f"wrote {len(result.files)} files to {result.out}", highlight=False)
 
 
+@app.command()
+def paper(
+    name: str = typer.Argument(..., metavar="PAPER", help="bai2020, fort2020, lee2019, or a "
+                               "manifest YAML file of the same shape.", show_default=False),
+    plan: bool = typer.Option(False, "--plan", help="Print and write plan.csv: every run with "
+                              "its models, steps, parameters, FLOPs, compiled memory and "
+                              "GPU-hours; train nothing."),
+    local: bool = typer.Option(False, "--local", help="Run the plan here, one run after "
+                               "another (finished runs are skipped), then write the report."),
+    slurm: bool = typer.Option(False, "--slurm", help="Write a SLURM job array over the runs "
+                               "and a report job after it (afterany); print the sbatch command."),
+    status: bool = typer.Option(False, "--status", help="Show per run done / partial / "
+                                "missing / failed, and what the report can already show."),
+    report_only: bool = typer.Option(False, "--report", help="Write the report from what "
+                                     "--out holds now (what the SLURM report job runs)."),
+    scale: str = typer.Option("full", "--scale", metavar="full|small",
+                              help="small: every CIFAR run as a digits-sized analogue of the "
+                                   "same structure (runs on a laptop)."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR",
+                                       help="The plan's folder (default: runs/PAPER, "
+                                            "runs/PAPER_small)."),
+    data: Optional[str] = typer.Option(None, "--data", metavar="PATH",
+                                       help="CIFAR: the python archive (.tar.gz), its "
+                                            "extracted folder, or a TFDS data_dir."),
+    tflops: float = typer.Option(20.0, "--tflops", metavar="T",
+                                 help="Sustained TFLOP/s per GPU for --plan's GPU-hours (the "
+                                      "default 20 is an assumption)."),
+    submit: bool = typer.Option(False, "--submit", help="With --slurm: also run the sbatch "
+                                "commands."),
+    partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition."),
+    gpus: int = typer.Option(1, "--gpus", help="GPUs per task (--gres=gpu:N)."),
+    time_: str = typer.Option("24:00:00", "--time", help="Time limit per task."),
+    account: Optional[str] = typer.Option(None, "--account", help="SLURM account."),
+    sbatch: list[str] = typer.Option([], "--sbatch", metavar="OPTION",
+                                     help="An extra #SBATCH line, e.g. --sbatch '--mem=64G' "
+                                          "(repeatable)."),
+    setup: Optional[str] = typer.Option(None, "--setup", metavar="COMMAND",
+                                        help="What each job runs first (default: activate "
+                                             "this virtual environment)."),
+) -> None:
+    """One command for a whole paper: plan it, run it here at small scale, run it on a cluster.
+
+    Example: taylorcli paper bai2020 --scale small --local
+    """
+    with _errors("interrupted; rerun the same command to continue"):
+        from .errors import PaperError
+
+        actions = [f for f, on in (("--plan", plan), ("--local", local), ("--slurm", slurm),
+                                   ("--status", status), ("--report", report_only)) if on]
+        if submit and not slurm:
+            raise PaperError("--submit: only with --slurm")
+        if len(actions) != 1:
+            raise PaperError(f"{' '.join(actions) or 'no action'}: expected exactly one of "
+                             f"--plan, --local, --slurm, --status, --report")
+        if scale not in ("full", "small"):
+            raise PaperError(f"--scale {scale}: expected full or small")
+        from .reproduce import command
+
+        where = out if out is not None else command.default_out(name, scale)
+        if plan:
+            result = command.plan_action(name, scale, where, data, tflops,
+                                         say=lambda line: print(line, flush=True))
+        elif local:
+            from .run.progress import make_progress
+
+            result = command.local_action(name, scale, where, data, make_progress(_console()),
+                                          say=lambda line: print(line, flush=True))
+        elif slurm:
+            from .reproduce.slurm import SlurmOptions
+
+            result = command.slurm_action(name, scale, where, data, SlurmOptions(
+                partition, gpus, time_, account, list(sbatch), setup), submit)
+        elif status:
+            result = command.status_action(name, scale, where, data)
+        else:
+            result = command.report_action(name, scale, where, data)
+    from .report.tables import to_rich
+
+    wide = _wide_console()
+    for title, table in result.tables:
+        wide.print(to_rich(table, title))
+    for line in result.lines:
+        wide.print(line, highlight=False, soft_wrap=True)
+    if plan:
+        wide.print(f"wrote {result.files[0]}", highlight=False)
+    if result.code:
+        raise typer.Exit(result.code)
+
+
 def _dry_run(r) -> None:
     import jax
 

@@ -56,3 +56,7 @@ class Stopped(Exception):
 
 class FullDiverged(Exception):
     """The full network's loss or parameters became non-finite: the run cannot go on."""
+
+
+class PaperError(InputError):
+    """Bad input to `taylorcli paper`: an unknown paper, a bad manifest, flag, data path or --out."""

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "taylorcli"
 # DESIGN.md's data flow, earliest first: a module imports only from its own layer and earlier.
 LAYERS = ["errors", "recipe", "taylor", "models", "data", "metrics", "engine", "run", "analyses",
-          "spawn", "report", "bench", "paper", "api", "cli", "__main__"]
+          "spawn", "report", "bench", "paper", "reproduce", "api", "cli", "__main__"]
 
 
 def _layer(module: str) -> str:
@@ -121,6 +121,7 @@ def test_the_wheel_ships_the_recipes_and_the_papers_tables(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for recipe in (ROOT / "recipes").glob("*.yaml"):
         assert f"taylorcli/recipes/{recipe.name}" in names
-    for table in (PACKAGE / "paper").glob("*.csv"):
+    for table in [*(PACKAGE / "paper").glob("*.csv"), *(PACKAGE / "paper").glob("*.yaml")]:
         assert f"taylorcli/paper/{table.name}" in names
+    assert "taylorcli/paper/bai2020.yaml" in names and "taylorcli/reproduce/plan.py" in names
     assert "taylorcli/engine/lockstep.py" in names and "taylorcli/bench/__main__.py" in names

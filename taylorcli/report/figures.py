@@ -233,6 +233,11 @@ def figure1(run: Run, path: str | Path, max_examples: int = 2000) -> Path | None
     models = [m for m in run.models if all(m in v for v in points.values())]
     take = lambda a: np.asarray(a)[:max_examples].reshape(-1)
     paths = {m: np.stack([take(points[s][m]) for s in points]) for m in models}
+    # a diverged model's logits are not finite: it has no place on the plane (nor, if it is
+    # the full network, has the plane itself)
+    paths = {m: p for m, p in paths.items() if np.isfinite(p).all()}
+    if FULL not in paths:
+        return None
     coords, explained = trajectory_projection(paths[FULL], paths)
     colours = _colours(run)
     with matplotlib.rc_context(STYLE):

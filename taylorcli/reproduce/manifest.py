@@ -1,0 +1,201 @@
+"""A paper's manifest: its runs (a recipe plus `--set` values, or a spawn sweep over a run) and
+the reports they feed, as YAML data shipped in taylorcli/paper/NAME.yaml.
+
+    name: bai2020
+    title: ...
+    report: [paper]                 # paper: `taylorcli report`; spawn: the spawn sweeps' summary
+    runs:
+      - {name: cnnthin, recipe: cnnthin, set: [], feeds: [Table 1, Table 2, Figure 2]}
+      - {name: spawn, spawn: {parent: parent, at: [0, 1, 2], orders: [1, 2], children: 2}}
+    small:                          # --scale small
+      cifar: [data.dataset=digits, ...]    # every run whose data is CIFAR
+      runs: {cnnthin: [model.width=16, ...]}
+      spawn_at: {spawn: [0, 1, 2]}         # a spawn run's epochs at this scale
+
+A manifest may also be given by path (a YAML file of the same shape).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import PaperError
+from ..recipe import MAX_RECIPE_BYTES, parse_yaml
+
+SCALES = ("full", "small")
+REPORTS = ("paper", "spawn")
+CIFAR = ("cifar10", "cifar100")
+_RUN_KEYS = {"name", "recipe", "set", "feeds", "spawn"}
+_SPAWN_KEYS = {"parent", "at", "orders", "children"}
+
+
+@dataclass(frozen=True)
+class SpawnSpec:
+    """A spawn sweep over a train run of the manifest: epochs, orders and children."""
+
+    parent: str
+    at: tuple[float, ...]
+    orders: tuple[int, ...]
+    children: int = 0
+
+
+@dataclass(frozen=True)
+class RunEntry:
+    """One run of a manifest: a recipe and its `--set` values, or a spawn sweep."""
+
+    name: str
+    recipe: str | None
+    overrides: tuple[str, ...] = ()
+    feeds: tuple[str, ...] = ()
+    spawn: SpawnSpec | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A paper's runs and reports at one scale (small: the CIFAR runs swapped for digits)."""
+
+    name: str
+    title: str
+    scale: str
+    source: str
+    runs: tuple[RunEntry, ...]
+    reports: tuple[str, ...]
+    small_cifar: tuple[str, ...] = ()
+    small_runs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    path: str | None = None  # the manifest's file when given by path (SLURM scripts name it)
+
+
+def bundled_papers() -> dict[str, Any]:
+    """Name -> manifest file of every paper that ships with taylorcli."""
+    folder = resources.files("taylorcli.paper")
+    return dict(sorted((p.name[:-5], p) for p in folder.iterdir() if p.name.endswith(".yaml")))
+
+
+def _read(name: str) -> tuple[str, str, str | None]:
+    """(text, source, path) of a bundled paper or a manifest file."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or "/" in name:
+        try:
+            data = path.read_bytes()[: MAX_RECIPE_BYTES + 1]
+        except OSError as e:
+            raise PaperError(f"PAPER {name}: cannot read the manifest ({e.strerror or e})") from None
+        if len(data) > MAX_RECIPE_BYTES:
+            raise PaperError(f"PAPER {name}: larger than {MAX_RECIPE_BYTES >> 10} KiB; expected "
+                             f"a manifest")
+        return data.decode("utf-8", errors="replace"), str(path), str(path.resolve())
+    papers = bundled_papers()
+    if name not in papers:
+        close = difflib.get_close_matches(name, list(papers), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise PaperError(f"PAPER {name}: unknown paper{hint}; expected one of "
+                         f"{', '.join(papers)} or a manifest YAML file")
+    return papers[name].read_text(encoding="utf-8"), f"{name} (bundled paper)", None
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        raise PaperError(f"{where}: expected a list of strings, got {value!r}")
+    return tuple(str(v) for v in value)
+
+
+def _spawn(raw: Any, where: str) -> SpawnSpec:
+    if not isinstance(raw, dict) or set(raw) - _SPAWN_KEYS or not {"parent", "at"} <= set(raw):
+        raise PaperError(f"{where}: expected a mapping with parent, at and optionally orders, "
+                         f"children, got {raw!r}")
+    try:
+        at = tuple(float(e) for e in raw["at"])
+        orders = tuple(int(k) for k in raw.get("orders", [1]))
+        children = int(raw.get("children", 0))
+    except (TypeError, ValueError):
+        raise PaperError(f"{where}: expected at (epochs), orders (integers) and children (an "
+                         f"integer), got {raw!r}") from None
+    if not at or any(e < 0 for e in at) or not orders or any(k < 1 for k in orders) \
+            or children < 0:
+        raise PaperError(f"{where}: expected epochs >= 0, orders >= 1 and children >= 0, got "
+                         f"{raw!r}")
+    return SpawnSpec(str(raw["parent"]), tuple(sorted(set(at))), tuple(sorted(set(orders))),
+                     children)
+
+
+def _entry(raw: Any, i: int, source: str) -> RunEntry:
+    where = f"{source}: runs[{i}]"
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise PaperError(f"{where}: expected a mapping with name and recipe (or spawn), got "
+                         f"{raw!r}")
+    unknown = set(raw) - _RUN_KEYS
+    if unknown:
+        raise PaperError(f"{where}: unknown key {sorted(unknown)[0]!r}; expected "
+                         f"{', '.join(sorted(_RUN_KEYS))}")
+    name = str(raw["name"])
+    if not name or "/" in name or name.startswith(".") or name in ("report", "logs", "slurm"):
+        raise PaperError(f"{where}: name {name!r}: expected a folder name without '/' (not "
+                         f"report, logs or slurm)")
+    if ("recipe" in raw) == ("spawn" in raw):
+        raise PaperError(f"{where} ({name}): expected exactly one of recipe and spawn")
+    spawn = _spawn(raw["spawn"], f"{where} ({name}): key spawn") if "spawn" in raw else None
+    return RunEntry(name, str(raw["recipe"]) if "recipe" in raw else None,
+                    _strings(raw.get("set"), f"{where} ({name}): key set"),
+                    _strings(raw.get("feeds"), f"{where} ({name}): key feeds"), spawn)
+
+
+def load_manifest(name: str, scale: str = "full") -> Manifest:
+    """A bundled paper (bai2020, fort2020, lee2019) or a manifest file, read and checked."""
+    if scale not in SCALES:
+        raise PaperError(f"--scale {scale}: expected one of {', '.join(SCALES)}")
+    text, source, path = _read(str(name))
+    try:
+        raw = parse_yaml(text, source)
+    except Exception as e:  # noqa: BLE001 - RecipeError's one line, under the paper's name
+        raise PaperError(str(e)) from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("runs"), list) or not raw["runs"]:
+        raise PaperError(f"{source}: expected a mapping with a non-empty list 'runs'")
+    unknown = set(raw) - {"name", "title", "report", "runs", "small"}
+    if unknown:
+        raise PaperError(f"{source}: unknown key {sorted(unknown)[0]!r}; expected name, title, "
+                         f"report, runs, small")
+    runs = tuple(_entry(r, i, source) for i, r in enumerate(raw["runs"]))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise PaperError(f"{source}: run name {dup!r} appears twice")
+    trains = {r.name for r in runs if r.spawn is None}
+    for r in runs:
+        if r.spawn is not None and r.spawn.parent not in trains:
+            raise PaperError(f"{source}: run {r.name}: spawn parent {r.spawn.parent!r} is not a "
+                             f"train run of the manifest ({', '.join(sorted(trains))})")
+    reports = _strings(raw.get("report", ["paper"]), f"{source}: key report")
+    bad = [r for r in reports if r not in REPORTS]
+    if bad:
+        raise PaperError(f"{source}: key report: {bad[0]!r}; expected a list of "
+                         f"{', '.join(REPORTS)}")
+    small = raw.get("small") or {}
+    if not isinstance(small, dict) or set(small) - {"cifar", "runs", "spawn_at"}:
+        raise PaperError(f"{source}: key small: expected a mapping with cifar, runs, spawn_at")
+    spawn_at = small.get("spawn_at") or {}
+    sweeps = {r.name: r for r in runs if r.spawn is not None}
+    if not isinstance(spawn_at, dict) or set(spawn_at) - set(sweeps):
+        raise PaperError(f"{source}: key small.spawn_at: expected a mapping of the spawn runs' "
+                         f"names to lists of epochs, got {spawn_at!r}")
+    if scale == "small":  # the small parent trains fewer epochs: spawn at its own epochs
+        runs = tuple(RunEntry(r.name, r.recipe, r.overrides, r.feeds, _spawn(
+            {"parent": r.spawn.parent, "at": spawn_at[r.name], "orders": list(r.spawn.orders),
+             "children": r.spawn.children}, f"{source}: key small.spawn_at.{r.name}"))
+            if r.name in spawn_at else r for r in runs)
+    small_runs = small.get("runs") or {}
+    if not isinstance(small_runs, dict) or set(small_runs) - trains:
+        extra = sorted(set(small_runs) - trains) if isinstance(small_runs, dict) else small_runs
+        raise PaperError(f"{source}: key small.runs: expected a mapping of the train runs' "
+                         f"names to --set lists, got {extra!r}")
+    return Manifest(
+        name=str(raw.get("name") or Path(str(name)).stem), title=str(raw.get("title") or ""),
+        scale=scale, source=source, runs=runs, reports=reports,
+        small_cifar=_strings(small.get("cifar"), f"{source}: key small.cifar"),
+        small_runs={k: _strings(v, f"{source}: key small.runs.{k}")
+                    for k, v in small_runs.items()},
+        path=path)
