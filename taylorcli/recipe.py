@@ -294,7 +294,8 @@ class Recipe(Section):
         if any(e >= epochs for e in self.optim.decay_epochs):
             raise _rule(("optim.decay_epochs", "train.epochs"), "optim.decay_epochs",
                         f"expected epochs < train.epochs ({epochs}), got "
-                        f"{list(self.optim.decay_epochs)}")
+                        f"{list(self.optim.decay_epochs)} (for a shorter run, set them too, e.g. "
+                        f"--set 'optim.decay_epochs=[]')")
         if any(e > epochs for e in self.checkpoint.keep_epochs):
             raise _rule(("checkpoint.keep_epochs", "train.epochs"), "checkpoint.keep_epochs",
                         f"expected epochs <= train.epochs ({epochs}), got "

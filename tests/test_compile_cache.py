@@ -32,8 +32,11 @@ def test_a_repeated_run_compiles_nothing_new(tiny_dict, tmp_path):
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
         assert "first step" in proc.stdout + proc.stderr
-        return sorted(p.name for p in (tmp_path / "cache").iterdir())
+        # The run's own programs: the lockstep step and the evaluation. Small eager ops near the
+        # 0.1 s threshold may or may not be stored, depending on the machine's load.
+        return sorted(p.name for p in (tmp_path / "cache").iterdir()
+                      if p.name.startswith(("jit_step-", "jit_logits-")))
 
     first = train(tmp_path / "a")
-    assert first, "the first run stored its compiled programs"
-    assert train(tmp_path / "b") == first  # every program of the second run came from the cache
+    assert len(first) == 2, first
+    assert train(tmp_path / "b") == first  # the second run compiled neither again
