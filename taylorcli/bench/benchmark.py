@@ -283,7 +283,8 @@ def main(argv=None) -> None:
     p.add_argument("--no-nested", action="store_true", help="skip taylorize_nested")
     p.add_argument("--no-memory", action="store_true", help="skip the Table 1 recipes' memory")
     p.add_argument("--quick", action="store_true",
-                   help="small sizes that finish in about two minutes on 2 CPU cores")
+                   help="small sizes that finish in a few minutes on 2 CPU cores (and no "
+                        "compile of the Table 1 recipes for their memory)")
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="also trace each order's step (first setting) into DIR and break it down")
@@ -291,6 +292,7 @@ def main(argv=None) -> None:
     orders = tuple(int(k) for k in a.orders.split(","))
     if a.quick:
         a.width, a.wrn_width, a.wrn_widen, a.batch, a.image, a.repeats = 32, 16, 1, 32, 16, 3
+        a.no_memory = True  # compiling the real recipes takes minutes of its own
     settings = []
     if a.arch in ("cnn", "both"):
         settings.append(Setting("cnn", 4, a.width, 1, a.batch, a.image, orders))
