@@ -8,27 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
+from conftest import TINY
 from taylorcli.recipe import dump_recipe, recipe_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Two tiny digits runs (CNN-2-4, orders 1-2, 128 images, 2 epochs) differing in lr, and a spawn
-# sweep over the first: a test-only paper that runs in seconds.
-TINY = {
-    "name": "tiny", "seed": 0,
-    "data": {"dataset": "digits", "train_limit": 128, "test_limit": 64, "pad": 2, "flip": False},
-    "model": {"arch": "cnn", "depth": 2, "width": 4},
-    "taylor": {"orders": [1, 2]},
-    "train": {"epochs": 2, "batch_size": 32},
-    "optim": {"lr": 0.1, "grad_clip": 5.0, "schedule": "constant"},
-    "eval": {"every_epochs": 1, "batch_size": 64},
-}
-
-
 def _manifest(tmp_path: Path, runs=None, report=("paper",)) -> Path:
+    # Two runs of the shared tiny digits recipe differing in lr: a test-only paper in seconds.
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(TINY))
     runs = runs if runs is not None else [
