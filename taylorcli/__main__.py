@@ -6,9 +6,9 @@ def main() -> None:
     from .run import signals  # imports nothing but the standard library
 
     signals.install()
-    from .cli import run
+    from .cli import console_main
 
-    run()
+    console_main()
 
 
 if __name__ == "__main__":

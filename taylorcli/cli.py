@@ -7,6 +7,7 @@ so `taylorcli --help` answers at once. Bad input of any kind ends with one line 
 from __future__ import annotations
 
 import contextlib
+import enum
 import sys
 from pathlib import Path
 from typing import Optional
@@ -76,6 +77,9 @@ def _errors(interrupted: str = "interrupted"):
     except KeyboardInterrupt:
         _ignore_further_interrupts()
         raise _fail(interrupted, INTERRUPTED, kind="stopped") from None
+    except SystemExit as e:  # typer's own exits are typer.Exit: this one came from user code
+        raise _fail(f"code taylorcli ran for you (a model or data module) called "
+                    f"sys.exit({e.code!r}); nothing more was done", BAD_INPUT) from None
 
 
 def _ignore_further_interrupts() -> None:
@@ -121,13 +125,13 @@ def train(
         if dry_run:
             _dry_run(r)
             return
-        from .api import run_training
+        from .analyses.training import train_recipe
         from .engine import processes
         from .run.progress import QuietProgress, make_progress
 
         processes.initialize()  # under srun or JAX_COORDINATOR_ADDRESS; before any other JAX use
         progress = make_progress(_console()) if processes.is_primary() else QuietProgress()
-        result = run_training(r, out, progress, resume=resume, source=recipe)
+        result = train_recipe(r, out, progress, resume=resume, source=recipe)
         if not processes.is_primary():
             return  # one voice per job: process 0 reports
     _print_final(result.final)
@@ -137,13 +141,20 @@ def train(
 
 
 @app.command()
-def recipes() -> None:
+def recipes(fields: bool = typer.Option(False, "--fields", help="Print every recipe field "
+                                        "instead (key, what it accepts, default, what it "
+                                        "does), as Markdown.")) -> None:
     """List the recipes that ship with taylorcli, with what each one runs.
 
     Any of them is a RECIPE for `taylorcli train` by its name; copy one to start your own.
 
     Example: taylorcli train cnnthin --dry-run
     """
+    if fields:
+        from .recipe.document import fields_markdown
+
+        print(fields_markdown(), end="")
+        return
     from rich.table import Table
 
     from .recipe import bundled_recipes, recipe_description
@@ -181,15 +192,14 @@ def compare(
     Example: taylorcli compare runs/table3_cnnthin runs/table3_cnnthick --epochs 10,80
     """
     with _errors():
-        from .report.compare import compare as compare_runs, comparison_text
-        from .report.tables import check_format, to_rich, write_text
+        from .report.compare import compare as compare_runs, comparison_text, write_comparison
+        from .report.tables import check_format, to_rich
 
         if fmt is not None:
             check_format(fmt)
         result = compare_runs(run_dirs or [], epochs)
         if out is not None:
-            write_text(out, comparison_text(result, fmt or ("csv" if out.suffix == ".csv"
-                                                            else "md")))
+            write_comparison(out, result, fmt or ("csv" if out.suffix == ".csv" else "md"))
     if fmt is not None and out is None:  # the table is the output; notes go beside it
         print(comparison_text(result, fmt), end="")
         for note in result.notes:
@@ -313,7 +323,7 @@ def report(
 ) -> None:
     """Regenerate the paper's Tables 1-4 and Figures 2-3 from the runs under RESULTS_DIR.
 
-    Runs map to the paper's settings by recipe name (taylorcli/paper/settings.csv); the paper's
+    Runs map to the paper's settings by recipe name (taylorcli/paper/data/settings.csv); the paper's
     numbers are printed beside ours. Incomplete runs and paper settings without a run are named.
 
     Example: taylorcli report runs/digits --out results/digits
@@ -332,82 +342,39 @@ def report(
     wide.print(f"wrote {len(result.files)} files to {result.out}", highlight=False)
 
 
-@app.command()
-def paper(
-    name: str = typer.Argument(..., metavar="PAPER", help="bai2020, fort2020, lee2019, or a "
-                               "manifest YAML file of the same shape.", show_default=False),
-    plan: bool = typer.Option(False, "--plan", help="Print and write plan.csv: every run with "
-                              "its models, steps, parameters, FLOPs, compiled memory and "
-                              "GPU-hours; train nothing."),
-    local: bool = typer.Option(False, "--local", help="Run the plan here, one run after "
-                               "another (finished runs are skipped), then write the report."),
-    slurm: bool = typer.Option(False, "--slurm", help="Write a SLURM job array over the runs "
-                               "and a report job after it (afterany); print the sbatch command."),
-    status: bool = typer.Option(False, "--status", help="Show per run done / partial / "
-                                "missing / failed, and what the report can already show."),
-    report_only: bool = typer.Option(False, "--report", help="Write the report from what "
-                                     "--out holds now (what the SLURM report job runs)."),
-    scale: str = typer.Option("full", "--scale", metavar="full|small",
-                              help="small: every CIFAR run as a digits-sized analogue of the "
-                                   "same structure (runs on a laptop)."),
-    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR",
-                                       help="The plan's folder (default: runs/PAPER, "
-                                            "runs/PAPER_small)."),
-    data: Optional[str] = typer.Option(None, "--data", metavar="PATH",
-                                       help="CIFAR: the python archive (.tar.gz), its "
-                                            "extracted folder, or a TFDS data_dir."),
-    tflops: float = typer.Option(20.0, "--tflops", metavar="T",
-                                 help="Sustained TFLOP/s per GPU for --plan's GPU-hours (the "
-                                      "default 20 is an assumption)."),
-    submit: bool = typer.Option(False, "--submit", help="With --slurm: also run the sbatch "
-                                "commands."),
-    partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition."),
-    gpus: int = typer.Option(1, "--gpus", help="GPUs per task (--gres=gpu:N)."),
-    time_: str = typer.Option("24:00:00", "--time", help="Time limit per task."),
-    account: Optional[str] = typer.Option(None, "--account", help="SLURM account."),
-    sbatch: list[str] = typer.Option([], "--sbatch", metavar="OPTION",
-                                     help="An extra #SBATCH line, e.g. --sbatch '--mem=64G' "
-                                          "(repeatable)."),
-    setup: Optional[str] = typer.Option(None, "--setup", metavar="COMMAND",
-                                        help="What each job runs first (default: activate "
-                                             "this virtual environment)."),
-) -> None:
-    """One command for a whole paper: plan it, run it here at small scale, run it on a cluster.
+paper_app = typer.Typer(
+    help="One command for a whole paper (bai2020, fort2020, lee2019, or a manifest YAML file): "
+         "plan it, run it here at small scale, run it on a SLURM cluster, follow it, report it. "
+         "Example: taylorcli paper local bai2020 --scale small",
+    no_args_is_help=True)
+app.add_typer(paper_app, name="paper")
+PAPER_MODES = ("plan", "local", "slurm", "status", "report")
 
-    Example: taylorcli paper bai2020 --scale small --local
-    """
+
+class Scale(str, enum.Enum):
+    """--scale: the paper's own (full) or a laptop-sized analogue of every run (small)."""
+
+    full = "full"
+    small = "small"
+
+
+_PAPER = typer.Argument(..., metavar="PAPER", help="bai2020, fort2020, lee2019, or a manifest "
+                        "YAML file of the same shape.", show_default=False)
+_SCALE = typer.Option(Scale.full, "--scale", help="small: every run as a digits-sized analogue "
+                      "of the same structure, calibrated to train on a laptop.")
+_OUT = typer.Option(None, "--out", metavar="DIR", help="The plan's folder (default: runs/PAPER, "
+                    "runs/PAPER_small).")
+_DATA = typer.Option(None, "--data", metavar="PATH", help="CIFAR: the python archive "
+                     "(.tar.gz), its extracted folder, or a TFDS data_dir.")
+
+
+def _paper(action: str, name: str, scale: Scale, out: Optional[Path], *args, **kwargs):
+    """Run one `paper` action with the common arguments; print what it made."""
     with _errors("interrupted; rerun the same command to continue"):
-        from .errors import PaperError
+        from .paper import command
 
-        actions = [f for f, on in (("--plan", plan), ("--local", local), ("--slurm", slurm),
-                                   ("--status", status), ("--report", report_only)) if on]
-        if submit and not slurm:
-            raise PaperError("--submit: only with --slurm")
-        if len(actions) != 1:
-            raise PaperError(f"{' '.join(actions) or 'no action'}: expected exactly one of "
-                             f"--plan, --local, --slurm, --status, --report")
-        if scale not in ("full", "small"):
-            raise PaperError(f"--scale {scale}: expected full or small")
-        from .reproduce import command
-
-        where = out if out is not None else command.default_out(name, scale)
-        if plan:
-            result = command.plan_action(name, scale, where, data, tflops,
-                                         say=lambda line: print(line, flush=True))
-        elif local:
-            from .run.progress import make_progress
-
-            result = command.local_action(name, scale, where, data, make_progress(_console()),
-                                          say=lambda line: print(line, flush=True))
-        elif slurm:
-            from .reproduce.slurm import SlurmOptions
-
-            result = command.slurm_action(name, scale, where, data, SlurmOptions(
-                partition, gpus, time_, account, list(sbatch), setup), submit)
-        elif status:
-            result = command.status_action(name, scale, where, data)
-        else:
-            result = command.report_action(name, scale, where, data)
+        where = out if out is not None else command.default_out(name, scale.value)
+        result = getattr(command, f"{action}_action")(name, scale.value, where, *args, **kwargs)
     from .report.tables import to_rich
 
     wide = _wide_console()
@@ -415,10 +382,97 @@ def paper(
         wide.print(to_rich(table, title))
     for line in result.lines:
         wide.print(line, highlight=False, soft_wrap=True)
-    if plan:
-        wide.print(f"wrote {result.files[0]}", highlight=False)
     if result.code:
         raise typer.Exit(result.code)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+@paper_app.command("plan")
+def paper_plan(name: str = _PAPER, scale: Scale = _SCALE, out: Optional[Path] = _OUT,
+               data: Optional[str] = _DATA,
+               tflops: float = typer.Option(20.0, "--tflops", metavar="T", min=1e-6,
+                                            help="Sustained TFLOP/s per GPU for the GPU-hours "
+                                                 "(the default 20 is an assumption).")) -> None:
+    """Every run with its models, steps, parameters, FLOPs, compiled memory, GPU-hours and the
+    estimated wall time here; writes plan.csv; trains nothing."""
+    _paper("plan", name, scale, out, data, tflops, say=_say)
+
+
+@paper_app.command("local")
+def paper_local(name: str = _PAPER, scale: Scale = _SCALE, out: Optional[Path] = _OUT,
+                data: Optional[str] = _DATA) -> None:
+    """Run the plan here, one run after another (finished runs are skipped), then write the
+    report with its Claims section. A second `local` on the same --out is refused while one runs."""
+    from .run.progress import make_progress
+
+    _paper("local", name, scale, out, data, make_progress(_console()), say=_say)
+
+
+@paper_app.command("slurm")
+def paper_slurm(
+    name: str = _PAPER, scale: Scale = _SCALE, out: Optional[Path] = _OUT,
+    data: Optional[str] = _DATA,
+    submit: bool = typer.Option(False, "--submit", help="Also run the sbatch commands."),
+    partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition of the "
+                                            "training tasks."),
+    report_partition: Optional[str] = typer.Option(None, "--report-partition",
+                                                   help="SLURM partition of the report job (a "
+                                                        "CPU partition; default: --partition)."),
+    gpus: int = typer.Option(1, "--gpus", min=0, max=64, help="GPUs per task (--gres=gpu:N)."),
+    cpus: Optional[int] = typer.Option(None, "--cpus-per-task", min=1, max=1024,
+                                       help="CPU cores per task (default: from the plan)."),
+    mem: Optional[str] = typer.Option(None, "--mem", help="Memory per task, e.g. 32G "
+                                      "(default: from the plan)."),
+    time_: str = typer.Option("24:00:00", "--time", help="Time limit per task."),
+    account: Optional[str] = typer.Option(None, "--account", help="SLURM account."),
+    sbatch: list[str] = typer.Option([], "--sbatch", metavar="OPTION",
+                                     help="An extra #SBATCH line, e.g. --sbatch '--qos=long' "
+                                          "(repeatable)."),
+    setup: Optional[str] = typer.Option(None, "--setup", metavar="COMMAND",
+                                        help="What each job runs first (default: activate "
+                                             "this virtual environment)."),
+) -> None:
+    """Write a SLURM job array over the runs and a report job after it (afterany); print the
+    sbatch command (or submit it)."""
+    from .paper.slurm import SlurmOptions
+
+    _paper("slurm", name, scale, out, data, SlurmOptions(
+        partition, gpus, time_, account, list(sbatch), setup, cpus, mem, report_partition),
+        submit)
+
+
+@paper_app.command("status")
+def paper_status(name: str = _PAPER, scale: Scale = _SCALE, out: Optional[Path] = _OUT,
+                 data: Optional[str] = _DATA) -> None:
+    """Per run: done / partial / missing / failed, and what the report can already show."""
+    _paper("status", name, scale, out, data)
+
+
+@paper_app.command("report")
+def paper_report(name: str = _PAPER, scale: Scale = _SCALE, out: Optional[Path] = _OUT,
+                 data: Optional[str] = _DATA) -> None:
+    """Write the report from what --out holds now (what the SLURM report job runs)."""
+    _paper("report", name, scale, out, data)
+
+
+def paper_argv(argv: list[str]) -> list[str]:
+    """The earlier form `taylorcli paper PAPER --local ...` (one of --plan, --local, --slurm,
+    --status, --report) as the sub-command form `taylorcli paper local PAPER ...`."""
+    if len(argv) < 2 or argv[0] != "paper" or argv[1] in PAPER_MODES or argv[1].startswith("-"):
+        return argv
+    modes = [a for a in argv[1:] if a in {f"--{m}" for m in PAPER_MODES}]
+    if len(modes) > 1:
+        from .errors import PaperError
+
+        raise PaperError(f"{' '.join(modes)}: expected exactly one of --plan, --local, --slurm, "
+                         f"--status, --report (or the sub-command: taylorcli paper local PAPER)")
+    if not modes:
+        return argv  # Typer names the missing sub-command
+    rest = [a for a in argv[1:] if a != modes[0]]
+    return ["paper", modes[0][2:], *rest]
 
 
 def _dry_run(r) -> None:
@@ -433,17 +487,16 @@ def _dry_run_table(r, console) -> None:
     from rich.syntax import Syntax
     from rich.table import Table
 
-    from .data import recipe_spec
     from .engine.costs import check_fits, step_cost
-    from .engine.lockstep import build_engine
+    from .engine.setup import build_setup
     from .recipe import dump_recipe
 
     console.print(Syntax(dump_recipe(r), "yaml", theme="ansi_dark", background_color="default"))
-    spec = recipe_spec(r)
-    engine = build_engine(r, spec)
-    check_fits(r, spec, "--dry-run")
+    setup = build_setup(r)  # shapes only: no data loaded
+    check_fits(setup, "--dry-run")
+    engine, spec = setup.engine, setup.spec
     console.print(f"compiling the lockstep step ({', '.join(engine.names)}) ...")
-    cost = step_cost(r)
+    cost = step_cost(setup)
     table = Table(title=f"{r.name}: dry run ({cost.backend}, {r.train.precision})",
                   title_justify="left")
     table.add_column("quantity")
@@ -498,7 +551,7 @@ def _print_final(rows: list[dict]) -> None:
     _console().print(table)
 
 
-def run() -> None:
+def console_main() -> None:
     """The `taylorcli` console command: stop signals recorded from the start, the CPU
     convolution default set before JAX starts, usage errors as one line naming the flag."""
     from .engine import xla_flags
@@ -507,7 +560,12 @@ def run() -> None:
     signals.install()  # before anything slow: a SIGTERM during start-up still exits 75
     xla_flags.apply_defaults()
     try:
-        code = app(standalone_mode=False)
+        try:
+            args = paper_argv(sys.argv[1:])
+        except InputError as e:
+            print(f"taylorcli: error: {e}", file=sys.stderr)
+            sys.exit(BAD_INPUT)
+        code = app(args=args, prog_name="taylorcli", standalone_mode=False)
     except KeyboardInterrupt:
         _ignore_further_interrupts()
         print("taylorcli: stopped: interrupted", file=sys.stderr)
@@ -531,4 +589,4 @@ def _command(e) -> str:
 
 
 if __name__ == "__main__":
-    run()
+    console_main()

@@ -17,6 +17,10 @@ class InputError(ValueError):
         super().__init__(" ".join(str(message).split()))
 
 
+class OwnershipError(InputError):
+    """A path taylorcli may not write or delete: not its own, a link, a device, in use."""
+
+
 class RecipeError(InputError):
     """A bad recipe, key, value or `--set` override."""
 

@@ -30,6 +30,11 @@ def cos_param(params_a, params_b, params0) -> jax.Array:
     return jnp.dot(da, db) / (jnp.linalg.norm(da) * jnp.linalg.norm(db))
 
 
+def param_dist(params_a, params_b) -> jax.Array:
+    """‖θ_a − θ_b‖, the Euclidean distance between two models' parameters (Theorem 1's weights)."""
+    return safe_norm(_flat(params_a) - _flat(params_b))
+
+
 def cos_func(logits_a, logits_b) -> float:
     """Cosine of two models' test logits, each example centred over classes, all flattened."""
     a = np.asarray(logits_a, np.float64)
@@ -184,3 +189,9 @@ def loss_curve_verdict(losses, initial: float | None = None, windows: int = 10,
     else:
         out.update(stable=True, reason="decreases smoothly")
     return out
+
+
+def flat_displacement(params, theta0) -> np.ndarray:
+    """θ − θ0 of one model as one float vector, leaves in pytree order (as cos_param)."""
+    return np.concatenate([np.ravel(np.asarray(p) - np.asarray(p0)) for p, p0 in
+                           zip(jax.tree.leaves(params), jax.tree.leaves(theta0))])

@@ -12,9 +12,15 @@ from taylorcli.data import standardize
 from taylorcli.analyses.kernel_dynamics import kernel_subset
 from taylorcli.run.progress import PlainProgress
 from taylorcli.recipe import RecipeError
-from taylorcli.engine.lockstep import build_engine, init_state
-from taylorcli.api import run_training as train
-from taylorcli.data import load_for_recipe as load_data, spec_of
+from taylorcli.analyses.training import train_recipe as train
+from taylorcli.data import load_for_recipe as load_data, with_data_stats
+from taylorcli.engine.setup import build_setup
+
+
+def setup_of(recipe):
+    """The recipe's setup on its loaded data (as a run builds it)."""
+    ds = load_data(recipe)
+    return build_setup(with_data_stats(recipe, ds), ds)
 
 KERNELS = ("eval.kernel_n=6", "eval.kernel_block=4", "eval.kernel_outputs=full")
 # Lee et al.'s setting, small: MSE, plain full-batch gradient descent, no augmentation.
@@ -43,10 +49,9 @@ def test_kernel_dynamics_of_a_run(tmp_path, tiny_recipe):
     assert last.loc["full", "velocity"] == pytest.approx(velocity)
 
     # The saved kernel at step 0 equals J Jᵀ from a Jacobian materialized here.
-    ds = load_data(recipe)
-    spec = spec_of(ds)
-    engine = build_engine(recipe, spec)
-    theta0 = init_state(engine, recipe, spec)["theta0"]
+    setup = setup_of(recipe)
+    ds, spec, engine = setup.data, setup.spec, setup.engine
+    theta0 = setup.initial_state().theta0
     idx = kernel_subset(len(ds.train_y), 6, recipe.seed)
     x = standardize(jnp.asarray(ds.train_x[idx]), mean=ds.mean, std=ds.std)
     jac = jax.jacrev(engine.apply)(theta0, x)
@@ -123,19 +128,18 @@ def test_kernel_dynamics_takes_the_expansion_point_as_an_argument(tmp_path, tiny
     from taylorcli.taylor import taylorize
 
     recipe = tiny_recipe("eval.kernel_n=6", "eval.kernel_block=3")
-    ds = load_data(recipe)
-    spec = spec_of(ds)
-    engine = build_engine(recipe, spec)
-    state = init_state(engine, recipe, spec)
-    context = RunContext(recipe, ds, spec, engine, None, RunDir(tmp_path), [0], lambda s: 0.1)
+    setup = setup_of(recipe)
+    engine = setup.engine
+    state = setup.initial_state()
+    context = RunContext(setup, engine, None, RunDir(tmp_path), [0], lambda s: 0.1)
     kd = KernelDynamics(context)
     first = kd.kernels(state)
     compiled = ntk_module._jacobian._cache_size()
     rng = np.random.default_rng(0)
     moved = jax.tree.map(lambda a: a + 0.05 * rng.normal(size=a.shape).astype(a.dtype),
-                         state["theta0"])
+                         state.theta0)
     params = jax.tree.map(lambda a: a + 0.05 * rng.normal(size=a.shape).astype(a.dtype), moved)
-    state = {**state, "theta0": moved, "params": {n: params for n in engine.names}}
+    state = state.replace(theta0=moved, params={n: params for n in engine.names})
     second = kd.kernels(state)
     assert ntk_module._jacobian._cache_size() == compiled  # no program compiled for the centre
     for spec_ in engine.specs:

@@ -1,74 +1,44 @@
 """`taylorcli train` end to end: the run directory contract, dry runs, bad input, plain output."""
 
-import os
 import re
 import shutil
 from pathlib import Path
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from taylorcli.cli import app
+from conftest import run_cli, run_process
 from taylorcli.data import load_dataset
 from taylorcli.recipe import load_recipe, recipe_from_dict
 
 METRICS_COLUMNS = ["model", "order", "epoch", "step", "lr", "train_loss", "train_acc",
                    "test_loss", "test_acc", "cos_param", "cos_func", "diverged",  # DESIGN.md
-                   "func_dist"]  # added after the contract's columns (Theorem 1)
+                   "func_dist", "wall_time", "param_dist"]  # added after the contract's columns
 LAYERS_COLUMNS = ["model", "epoch", "layer", "distance", "relative_distance"]
 MODELS = ["full", "order1", "order2"]
-# The main run: 128 examples / batch 8 = 16 steps per epoch; 2 epochs (set on the command line);
-# evaluated at 0, at step 2 (eval.steps, set on the command line), after each epoch.
-SETS = ["train.epochs=2", "eval.steps=[2]"]
-SPE = 16
-POINTS = [0, 2, 16, 32]
+# The shared tiny run: 128 examples / batch 32 = 4 steps per epoch, 2 epochs, evaluated at the
+# start and after each epoch.
+SPE = 4
+POINTS = [0, 4, 8]
 TEST_SIZE = 64
 
 
-def plain_env():
-    """The environment of a CI job or SLURM log: no terminal, nothing forcing colour."""
-    env = dict(os.environ)
-    for k in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CLICOLOR_FORCE", "PY_COLORS",
-              "COLUMNS", "LINES"):
-        env.pop(k, None)
-    env["TERM"] = "xterm-256color"  # a colour-capable TERM must still give plain output off a TTY
-    return env
-
-
-def taylorcli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "taylorcli.cli", *map(str, args)], capture_output=True,
-                          text=True, env=plain_env(), cwd=cwd, timeout=300, stdin=subprocess.DEVNULL)
+@pytest.fixture(scope="module")
+def recipe_file(tiny_file):
+    return tiny_file
 
 
 @pytest.fixture(scope="module")
-def recipe_file(tmp_path_factory, tiny_dict):
-    raw = tiny_dict()
-    raw["train"].update(epochs=1, batch_size=8)
-    path = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
-@pytest.fixture(scope="module")
-def main_run(recipe_file, tmp_path_factory):
-    """One real `taylorcli train` process, output piped (no TTY)."""
-    out = tmp_path_factory.mktemp("main") / "run"
-    args = ["train", recipe_file, "--out", out]
-    for s in SETS:
-        args += ["--set", s]
-    proc = taylorcli(*args)
-    return proc, out
+def main_run(tiny_run):
+    """The session's finished tiny run and what its command printed (no TTY)."""
+    return (tiny_run.parent / "train.out").read_text(), tiny_run
 
 
 def test_train_exit_code_and_files(main_run):
-    proc, out = main_run
-    assert proc.returncode == 0, proc.stderr
-    assert "Traceback" not in proc.stderr
+    printed, out = main_run
+    assert "Traceback" not in printed
     assert {"recipe.yaml", "metrics.csv", "layers.csv", "logits"} <= {p.name for p in out.iterdir()}
     # No temporary files of the atomic writes are left behind.
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
@@ -77,13 +47,13 @@ def test_train_exit_code_and_files(main_run):
 def test_recipe_yaml_is_resolved_recipe_with_overrides(main_run, recipe_file):
     _, out = main_run
     raw = yaml.safe_load((out / "recipe.yaml").read_text())
-    assert raw["train"]["epochs"] == 2 and raw["eval"]["steps"] == [2]
+    assert raw["train"]["epochs"] == 2 and raw["eval"]["every_epochs"] == 1
     # Fully resolved: every field, defaults included, not just what the file said.
     assert raw["optim"]["nesterov"] is False and raw["model"]["widen"] == 4
     # ...and the data's standardization, computed from the training set, written in.
     from taylorcli.data import load_for_recipe, with_data_stats
 
-    expected = load_recipe(recipe_file, SETS)
+    expected = load_recipe(recipe_file)
     ds = load_for_recipe(expected)
     assert raw["data"]["mean"] == list(ds.mean) and raw["data"]["std"] == list(ds.std)
     expected = with_data_stats(expected, ds)
@@ -172,18 +142,18 @@ def test_metrics_agree_with_saved_logits(main_run):
 
 
 def test_plain_low_volume_output_without_tty(main_run):
-    proc, _ = main_run
-    text = proc.stdout + proc.stderr
+    printed, _ = main_run
+    text = printed
     assert "\x1b" not in text, "ANSI escape codes without a terminal"
     assert "\r" not in text
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    lines = [line for line in printed.splitlines() if line.strip()]
     assert lines, "no progress at all"
     # Low volume: bounded by the evaluation points (plus a start line and a final summary),
     # not by the 32 optimizer steps.
-    assert len(lines) <= len(POINTS) + len(MODELS) + 8, proc.stdout
+    assert len(lines) <= len(POINTS) + len(MODELS) + 8, printed
     # No live display: its table (with a running 'batch loss' column) never appears, and the
     # progress lines before the final summary are plain text without box drawing.
-    assert "batch loss" not in proc.stdout
+    assert "batch loss" not in printed
     done = next((i for i, line in enumerate(lines) if line.startswith("done")), len(lines))
     for line in lines[:done]:
         assert not re.search("[\u2500-\u257f]", line), line
@@ -206,11 +176,15 @@ def step_flops(recipe) -> float:
 
     from taylorcli.data import recipe_spec
     from taylorcli.engine.costs import compiled_flops
-    from taylorcli.engine.lockstep import build_engine, init_state, make_train_step
+    from taylorcli.engine.lockstep import build_engine, fresh_state, initial_params, \
+        make_train_step
+    from taylorcli.models import build_network
 
     spec = recipe_spec(recipe)
-    engine = build_engine(recipe, spec)
-    state = jax.eval_shape(lambda: init_state(engine, recipe, spec))
+    network = build_network(recipe.model, spec.num_classes)
+    engine = build_engine(recipe, spec, network)
+    state = jax.eval_shape(lambda: fresh_state(engine, initial_params(
+        network, recipe.seed, spec.image_shape)))
     n = spec.train_size
     args = (jax.ShapeDtypeStruct((n,), jnp.int32),
             jax.ShapeDtypeStruct((n, *spec.image_shape), jnp.uint8),
@@ -220,9 +194,8 @@ def step_flops(recipe) -> float:
 
 def test_dry_run(recipe_file, tmp_path):
     out = tmp_path / "dry"
-    result = CliRunner().invoke(app, ["train", str(recipe_file), "--dry-run", "--out", str(out),
-                                      "--set", "model.width=40"])
-    assert result.exit_code == 0, result.output
+    result = run_cli("train", recipe_file, "--dry-run", "--out", out, "--set", "model.width=40")
+    assert result.returncode == 0, result.stderr
     assert not out.exists(), "a dry run must not write the run directory"
     params = hand_param_count(40)
     assert params > 1000
@@ -235,8 +208,8 @@ def test_dry_run(recipe_file, tmp_path):
     recipe = load_recipe(recipe_file, ["model.width=40"])
     assert float(flops.group(1)) == pytest.approx(step_flops(recipe), rel=1e-3)
     # ...and XLA's count of the full network's step alone is forward plus backward: about
-    # three forward passes of the batch of 8, counted by hand (a multiply-add is 2 FLOPs).
-    forward = 2 * 8 * (10 * 10 * 9 * 1 * 40 + 8 * 8 * 9 * 40 * 40 + 40 * 10)
+    # three forward passes of the batch of 32, counted by hand (a multiply-add is 2 FLOPs).
+    forward = 2 * 32 * (10 * 10 * 9 * 1 * 40 + 8 * 8 * 9 * 40 * 40 + 40 * 10)
     alone = step_flops(load_recipe(recipe_file, ["model.width=40", "taylor.orders=[]"]))
     assert 2.5 * forward <= alone <= 3.5 * forward, alone / forward
 
@@ -246,17 +219,18 @@ def test_dry_run(recipe_file, tmp_path):
 
 
 def assert_bad_input(result, *needles):
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
     err = result.stderr.strip()
     assert len(err.splitlines()) == 1, err
     assert err.startswith("taylorcli: error: "), err
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.stdout + result.stderr
     for needle in needles:
         assert needle in err, err
 
 
+@pytest.mark.slow
 def test_missing_recipe_file_real_process(tmp_path):
-    proc = taylorcli("train", tmp_path / "nope.yaml", "--out", tmp_path / "out")
+    proc = run_process("train", tmp_path / "nope.yaml", "--out", tmp_path / "out")
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = proc.stderr.strip().splitlines()
@@ -291,7 +265,7 @@ def test_bad_override_matrix(case, recipe_file, tmp_path):
     args = ["train", str(recipe_file), "--out", str(out)]
     for s in sets:
         args += ["--set", s]
-    assert_bad_input(CliRunner().invoke(app, args), *needles)
+    assert_bad_input(run_cli(*args), *needles)
     assert not out.exists(), "nothing is written for bad input"
 
 
@@ -299,8 +273,7 @@ def test_yaml_object_tags_are_not_constructed(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.yaml"
     path.write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\n")
-    assert_bad_input(CliRunner().invoke(app, ["train", str(path), "--out", str(tmp_path / "o")]),
-                     "evil.yaml")
+    assert_bad_input(run_cli("train", path, "--out", tmp_path / "o"), "evil.yaml")
     assert not marker.exists()
 
 
@@ -331,7 +304,7 @@ def test_bad_recipe_input(case, recipe_file, tmp_path):
     args = ["train", str(path), "--out", str(out)]
     for s in sets:
         args += ["--set", s]
-    assert_bad_input(CliRunner().invoke(app, args), *needles)
+    assert_bad_input(run_cli(*args), *needles)
     assert not out.exists(), "nothing is written for bad input"
 
 
@@ -340,7 +313,7 @@ def test_unwritable_out(where, recipe_file, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory\n")
     out = blocker / "run" if where == "under-a-file" else blocker
-    result = CliRunner().invoke(app, ["train", str(recipe_file), "--out", str(out)])
+    result = run_cli("train", recipe_file, "--out", out)
     assert_bad_input(result, "--out", str(out))
     assert blocker.read_text() == "not a directory\n"
 
@@ -354,10 +327,7 @@ def test_existing_run_of_another_recipe_is_refused_and_untouched(main_run, recip
     out = tmp_path / "run"
     shutil.copytree(src, out)
     before = snapshot(out)
-    args = ["train", str(recipe_file), "--out", str(out), "--set", "optim.lr=0.05"]
-    for s in SETS:
-        args += ["--set", s]
-    result = CliRunner().invoke(app, args)
+    result = run_cli("train", recipe_file, "--out", out, "--set", "optim.lr=0.05")
     assert_bad_input(result, "--no-resume", "optim.lr")
     assert snapshot(out) == before
 
@@ -368,11 +338,8 @@ def test_rerun_of_a_finished_run_resumes_and_changes_nothing(flags, main_run, re
     out = tmp_path / "run"
     shutil.copytree(src, out)
     before = {p: b for p, b in snapshot(out).items() if p.parts[0] != "checkpoints"}
-    args = ["train", str(recipe_file), "--out", str(out), *flags]
-    for s in SETS:
-        args += ["--set", s]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
+    result = run_cli("train", recipe_file, "--out", out, *flags)
+    assert result.returncode == 0, result.stderr
     after = {p: b for p, b in snapshot(out).items() if p.parts[0] != "checkpoints"}
     assert after.keys() - {Path(".lock")} == before.keys() - {Path(".lock")}
     assert all(after[p] == before[p] for p in before if p.name != ".lock")
@@ -384,11 +351,11 @@ def test_no_resume_starts_over(main_run, recipe_file, tmp_path):
     shutil.copytree(src, out)
     stale = out / "logits" / "step99999999.npz"
     shutil.copy(next((out / "logits").glob("*.npz")), stale)
-    result = CliRunner().invoke(app, ["train", str(recipe_file), "--out", str(out), "--no-resume",
-                                      "--set", "taylor.orders=[1]", "--set", "data.train_limit=32"])
-    assert result.exit_code == 0, result.output
+    result = run_cli("train", recipe_file, "--out", out, "--no-resume", "--set",
+                     "taylor.orders=[1]", "--set", "train.epochs=1")
+    assert result.returncode == 0, result.stderr
     m = pd.read_csv(out / "metrics.csv")
-    # The new run only: full and order1, 32 / 8 = 4 steps, evaluated at 0 and 4.
+    # The new run only: full and order1, one epoch of 4 steps, evaluated at 0 and 4.
     assert sorted(set(m["model"])) == ["full", "order1"]
     assert sorted(set(m["step"])) == [0, 4]
     assert len(m) == 4
@@ -405,11 +372,7 @@ def test_no_resume_starts_over(main_run, recipe_file, tmp_path):
 ])
 def test_usage_errors_of_the_console_command_are_one_line(args, needle):
     """Typer's own flag errors (unknown option, bad value, missing option) are one line too."""
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-m", "taylorcli.cli", *args], capture_output=True,
-                          text=True, timeout=120)
+    done = run_cli(*args)
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("taylorcli: error:")

@@ -4,6 +4,7 @@ run compiles nothing new."""
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from taylorcli.engine.compile_cache import cache_folder
@@ -21,6 +22,7 @@ def test_folder_from_recipe_then_environment_then_home(tiny_recipe, monkeypatch,
     assert cache_folder(tiny_recipe()) == tmp_path / "xdg" / "taylorcli" / "jax"
 
 
+@pytest.mark.slow
 def test_a_repeated_run_compiles_nothing_new(tiny_dict, tmp_path):
     recipe = tmp_path / "tiny.yaml"
     raw = tiny_dict()

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import pandas as pd
 import yaml
 
@@ -28,6 +29,7 @@ def run(tmp_path, devices):
     return pd.read_csv(out / "metrics.csv")
 
 
+@pytest.mark.slow
 def test_one_and_four_devices_agree(tmp_path):
     one, four = run(tmp_path, 1), run(tmp_path, 4)
     assert one[["model", "step"]].equals(four[["model", "step"]])
@@ -37,6 +39,7 @@ def test_one_and_four_devices_agree(tmp_path):
     assert np.max(np.abs(four["test_acc"] - one["test_acc"])) <= 1 / 64 + 1e-9
 
 
+@pytest.mark.slow
 def test_batch_must_split_evenly(tmp_path):
     recipe = tmp_path / "odd.yaml"
     recipe.write_text(yaml.safe_dump({**RECIPE, "train": {"epochs": 1, "batch_size": 30}}))

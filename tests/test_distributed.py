@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import TINY
+from conftest import TINY, run_cli
 from taylorcli.engine.processes import launch_settings
 
 RECIPE = {**TINY, "name": "multi", "optim": {**TINY["optim"], "lr": 0.5}}
@@ -48,6 +48,7 @@ def finish(procs):
     return [p.returncode for p in procs], outs
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
     one = tmp_path / "one"
     codes, _ = finish(launch(tmp_path, one, 1))
@@ -66,6 +67,7 @@ def test_two_processes_equal_one(tmp_path):
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["4", "8"]
 
 
+@pytest.mark.slow
 def test_a_signal_to_one_process_stops_both_at_one_step_and_resumes(tmp_path):
     sets = ("train.epochs=12", "checkpoint.every_epochs=100")
     out = tmp_path / "stopped"
@@ -117,14 +119,12 @@ def test_launch_settings(monkeypatch, env, expected):
     ({"JAX_NUM_PROCESSES": "2"}, "both or neither"),
     ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"}, "JAX_PROCESS_ID: expected 0 .. 1"),
 ])
-def test_bad_launch_settings_exit_2(tmp_path, env, needle):
+def test_bad_launch_settings_exit_2(tmp_path, env, needle, monkeypatch):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE))
-    proc = subprocess.run(
-        [sys.executable, "-m", "taylorcli.cli", "train", str(recipe), "--out",
-         str(tmp_path / "o")], capture_output=True, text=True, timeout=120,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": "localhost:1",
-             **env})
+    for key, value in {"JAX_COORDINATOR_ADDRESS": "localhost:1", **env}.items():
+        monkeypatch.setenv(key, value)
+    proc = run_cli("train", recipe, "--out", tmp_path / "o")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("taylorcli: error:")

@@ -20,28 +20,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-from conftest import TINY, run_signalled
-
-RECIPE = {**TINY, "name": "hostile", "train": {"epochs": 2, "batch_size": 32},
-          "checkpoint": {"every_epochs": 1, "keep": 3}}
+from conftest import one_line, run_cli, run_signalled
 
 
-def taylorcli(*args, timeout=240, cwd=None):
-    return subprocess.run([sys.executable, "-m", "taylorcli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, cwd=cwd,
-                          stdin=subprocess.DEVNULL)
-
-
-def one_line(proc, code=2, *needles):
-    """The process ended with `code` and said so in one line (no traceback) holding `needles`."""
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == code, proc.stderr + proc.stdout
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+def taylorcli(*args, timeout=None, cwd=None):
+    """The command line, in this process (`timeout`: a real process would have needed one)."""
+    return run_cli(*args, cwd=cwd)
 
 
 def tree_digest(folder: Path) -> dict:
@@ -52,28 +37,19 @@ def tree_digest(folder: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def recipe_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("recipe") / "hostile.yaml"
-    path.write_text(yaml.safe_dump(RECIPE))
-    return path
+def recipe_file(tiny_file):
+    return tiny_file
 
 
 @pytest.fixture(scope="module")
-def finished(recipe_file, tmp_path_factory):
+def finished(tiny_run):
     """A complete tiny run (2 epochs, a checkpoint each)."""
-    out = tmp_path_factory.mktemp("finished") / "run"
-    proc = taylorcli("train", recipe_file, "--out", out)
-    assert proc.returncode == 0, proc.stderr
-    return out
+    return tiny_run
 
 
 @pytest.fixture
-def copy_of(finished, tmp_path):
-    def make(name="run"):
-        dest = tmp_path / name
-        shutil.copytree(finished, dest)
-        return dest
-    return make
+def copy_of(copy_run):
+    return copy_run
 
 
 # ---------------------------------------------------------------------------
@@ -257,6 +233,7 @@ def _chattr_works(tmp_path) -> bool:
     return ok
 
 
+@pytest.mark.slow
 def test_unwritable_checkpoints_and_tables(recipe_file, tmp_path):
     if not _chattr_works(tmp_path):
         pytest.xfail("needs chattr +i to make a folder unwritable for this user")
@@ -331,10 +308,11 @@ def signalled(*args, **kwargs):
 target.{function} = signalled
 from taylorcli import cli
 sys.argv = ["taylorcli", *sys.argv[1:]]
-cli.run()
+cli.console_main()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
 def test_a_signal_while_starting_exits_75_with_the_usual_line(sig, recipe_file, finished,
                                                                tmp_path):
@@ -368,10 +346,11 @@ class ThreeInterrupts(progress.PlainProgress):
 progress.make_progress = lambda console=None: ThreeInterrupts()
 from taylorcli import cli
 sys.argv = ["taylorcli", *sys.argv[1:]]
-cli.run()
+cli.console_main()
 """
 
 
+@pytest.mark.slow
 def test_three_quick_ctrl_c_give_one_line_and_a_resumable_run(recipe_file, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-c", _CTRL_C, "train", str(recipe_file), "--out",
@@ -386,6 +365,7 @@ def test_three_quick_ctrl_c_give_one_line_and_a_resumable_run(recipe_file, tmp_p
 # Resuming across storage and evaluation settings
 
 
+@pytest.mark.slow
 def test_resume_across_storage_settings_is_recorded(recipe_file, tmp_path):
     run = tmp_path / "run"
     stopped = run_signalled(["train", recipe_file, "--out", run], 4, signal.SIGTERM)

@@ -6,16 +6,14 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
-
-from taylorcli.cli import app
+from conftest import run_cli
 from taylorcli.report.compare import compare
-from taylorcli.run.directory import load_run
+from taylorcli.run.reading import load_run
 from taylorcli.report.merge import merge_runs
 from taylorcli.run.progress import PlainProgress
 from taylorcli.recipe import RecipeError
 from taylorcli.report.paper_report import build_report
-from taylorcli.api import run_training as train
+from taylorcli.analyses.training import train_recipe as train
 
 # Large enough a step that the orders visibly part from the full network (cos_param ~0.98).
 LR = "optim.lr=0.5"
@@ -98,9 +96,9 @@ def test_report_merges_runs_of_one_recipe_only(runs, tmp_path):
 
 
 def test_report_cli_writes_merged_recipe(runs, tmp_path):
-    result = CliRunner().invoke(app, ["report", str(runs["lockstep"].parent), "--out",
-                                      str(tmp_path / "r"), "--format", "csv"])
-    assert result.exit_code == 0, result.output
+    result = run_cli("report", str(runs["lockstep"].parent), "--out",
+                                      str(tmp_path / "r"), "--format", "csv")
+    assert result.returncode == 0, result.stderr
     text = (tmp_path / "r" / "recipes" / "full_only_orders.yaml").read_text()
     assert "models: null" in text
 

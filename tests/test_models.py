@@ -12,18 +12,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from taylorcli.engine.costs import parameter_count
-from taylorcli.models import (
-    CNN,
-    MLP,
-    Conv,
-    Dense,
-    WideResNet,
-    abstract_params,
-    build_model,
-    count_params,
-)
+from taylorcli.engine.setup import build_setup
+from taylorcli.models import CNN, MLP, TwoLayer, WideResNet, abstract_params, build_network, \
+    count_params, inspect, linen_network
+from taylorcli.models.builtin import Conv, Dense
 from taylorcli.recipe import load_recipe
+
+
+def parameter_count(recipe) -> int:
+    """One model's parameters, as a run or a dry run counts them."""
+    return build_setup(recipe).parameters
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 CIFAR = (32, 32, 3)
@@ -231,7 +229,7 @@ def test_ntk_output_scale_independent_of_width():
 
 def test_build_model_follows_recipe(tiny_recipe):
     recipe = tiny_recipe("model.parameterization=ntk", "model.w_std=1.1", "model.activation=tanh")
-    model = build_model(recipe.model, 10)
+    model = build_network(recipe.model, 10).module
     assert isinstance(model, CNN)
     assert (model.depth, model.width, model.parameterization, model.w_std, model.activation) == \
         (2, 4, "ntk", 1.1, "tanh")
@@ -243,6 +241,24 @@ def test_build_model_follows_recipe(tiny_recipe):
 ], ids=["mlp-11", "cnn-10"])
 def test_layers_are_listed_input_to_output(model, expected):
     """Figure 3's layer axis: call order, not the sorted names (dense < dense1, conv10 < conv2)."""
-    from taylorcli.models import layer_names
+    assert inspect(linen_network(model), (24, 24, 1), 3) == expected
 
-    assert layer_names(model, (24, 24, 1)) == expected
+
+def test_twolayer_is_theorem_1s_network():
+    """f(x) = m^(-1/2) Σ_r a_r tanh(w_rᵀ x̂) with x̂ = x/‖x‖, a fixed ±1 from the seed, only W a
+    parameter; written out here with numpy."""
+    net = TwoLayer(width=16, num_classes=3, sign_seed=7)
+    x = jax.random.normal(jax.random.key(1), (5, 4, 4, 1))
+    params = net.init(jax.random.key(2), x)["params"]
+    assert list(params) == ["hidden"] and params["hidden"].shape == (16, 16)
+    w = np.asarray(params["hidden"], np.float64)
+    a = np.asarray(jax.random.rademacher(jax.random.key(7), (16, 3)), np.float64)
+    assert set(np.unique(a)) == {-1.0, 1.0}
+    flat = np.asarray(x, np.float64).reshape(5, -1)
+    unit = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    expected = np.tanh(unit @ w) @ a / 4.0
+    np.testing.assert_allclose(np.asarray(net.apply({"params": params}, x)), expected,
+                               rtol=1e-5, atol=1e-6)
+    # standard Gaussian initialization of W
+    big = TwoLayer(width=4096, num_classes=1).init(jax.random.key(3), x)["params"]["hidden"]
+    assert float(jnp.std(big)) == pytest.approx(1.0, rel=0.02)

@@ -12,8 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "taylorcli"
 # DESIGN.md's data flow, earliest first: a module imports only from its own layer and earlier.
-LAYERS = ["errors", "recipe", "taylor", "models", "data", "metrics", "engine", "run", "analyses",
-          "spawn", "report", "bench", "paper", "reproduce", "api", "cli", "__main__"]
+LAYERS = ["errors", "files", "names", "recipe", "taylor", "models", "data", "metrics", "engine",
+          "run", "analyses", "spawn", "report", "bench", "paper", "api", "cli", "__main__"]
 
 
 def _layer(module: str) -> str:
@@ -70,12 +70,12 @@ def test_public_api_names_resolve_on_first_use():
     out = _python("import taylorcli\n"
                   "print(taylorcli.taylorize.__module__, taylorcli.train.__module__, "
                   "taylorcli.load_run.__module__, sorted(dir(taylorcli)))")
-    assert out.startswith("taylorcli.taylor taylorcli.api taylorcli.run.directory")
+    assert out.startswith("taylorcli.taylor taylorcli.api taylorcli.run.reading")
 
 
 def test_help_and_version_load_no_heavy_library():
     code = ("import sys\nfrom taylorcli import cli\nsys.argv = ['taylorcli', {args}]\n"
-            "try:\n    cli.run()\nexcept SystemExit as e:\n    code = e.code\n"
+            "try:\n    cli.console_main()\nexcept SystemExit as e:\n    code = e.code\n"
             "heavy = [m for m in ('jax', 'pandas', 'orbax', 'matplotlib', 'flax') if m in sys.modules]\n"
             "print('EXIT', code, heavy)")
     for args in ("'--help'", "'train', '--help'", "'report', '--help'", "'--version'"):
@@ -121,7 +121,8 @@ def test_the_wheel_ships_the_recipes_and_the_papers_tables(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for recipe in (ROOT / "recipes").glob("*.yaml"):
         assert f"taylorcli/recipes/{recipe.name}" in names
-    for table in [*(PACKAGE / "paper").glob("*.csv"), *(PACKAGE / "paper").glob("*.yaml")]:
-        assert f"taylorcli/paper/{table.name}" in names
-    assert "taylorcli/paper/bai2020.yaml" in names and "taylorcli/reproduce/plan.py" in names
+    data = PACKAGE / "paper" / "data"
+    for table in [*data.glob("*.csv"), *data.glob("*.yaml")]:
+        assert f"taylorcli/paper/data/{table.name}" in names
+    assert "taylorcli/paper/data/bai2020.yaml" in names and "taylorcli/paper/plan.py" in names
     assert "taylorcli/engine/lockstep.py" in names and "taylorcli/bench/__main__.py" in names

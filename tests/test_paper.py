@@ -10,7 +10,9 @@ from pathlib import Path
 
 import yaml
 
-from conftest import TINY
+import pytest
+
+from conftest import TINY, run_cli, table_without_clock
 from taylorcli.recipe import dump_recipe, recipe_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,10 +32,9 @@ def _manifest(tmp_path: Path, runs=None, report=("paper",)) -> Path:
     return path
 
 
-def _cli(*args, cwd, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "taylorcli", "paper", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                          env=(env or os.environ) | {"COLUMNS": "240"})
+def _cli(*args, cwd, env=None, timeout=None):
+    """`taylorcli paper ARGS` in this process."""
+    return run_cli("paper", *args, cwd=cwd)
 
 
 def _one_error_line(out):
@@ -45,8 +46,8 @@ def _one_error_line(out):
 
 
 def test_bundled_manifests_resolve_at_both_scales():
-    from taylorcli.reproduce.manifest import bundled_papers, load_manifest
-    from taylorcli.reproduce.plan import build_plan
+    from taylorcli.paper.manifest import bundled_papers, load_manifest
+    from taylorcli.paper.plan import build_plan
 
     assert {"bai2020", "fort2020", "lee2019"} <= set(bundled_papers())
     for name in ("bai2020", "fort2020", "lee2019"):
@@ -118,6 +119,7 @@ print(f"{{jid}};cluster" if "--parsable" in args else f"Submitted batch job {{ji
     return folder
 
 
+@pytest.mark.slow
 def test_local_and_the_slurm_array_write_the_same_report_and_status_reads_them(tmp_path):
     manifest = _manifest(tmp_path)
     local, cluster = tmp_path / "local", tmp_path / "cluster"
@@ -149,7 +151,8 @@ def test_local_and_the_slurm_array_write_the_same_report_and_status_reads_them(t
     theirs = (cluster / "report" / "report.md").read_text().replace(str(cluster), "OUT")
     assert theirs == mine
     for run in ("a", "b"):
-        assert (cluster / run / "metrics.csv").read_text() == (local / run / "metrics.csv").read_text()
+        assert table_without_clock(cluster / run / "metrics.csv") == \
+            table_without_clock(local / run / "metrics.csv")
 
     status = _cli(manifest, "--scale", "small", "--status", "--out", cluster, cwd=tmp_path)
     assert status.returncode == 0 and "2 done, 0 partial, 0 missing, 0 failed" in status.stdout
@@ -166,10 +169,10 @@ def test_status_shows_partial_missing_and_failed_runs(tmp_path):
     out = tmp_path / "o"
     first = _cli(manifest, "--status", "--out", out, cwd=tmp_path)
     assert "no such folder" in _one_error_line(first)
-    from taylorcli.reproduce.manifest import load_manifest
-    from taylorcli.reproduce.plan import build_plan
-    from taylorcli.reproduce.local import run_local
-    from taylorcli.reproduce.status import statuses
+    from taylorcli.paper.manifest import load_manifest
+    from taylorcli.paper.plan import build_plan
+    from taylorcli.paper.local import run_local
+    from taylorcli.paper.status import statuses
 
     plan = build_plan(load_manifest(str(manifest)))
     plan.runs = plan.runs[:2]  # "later" never runs
@@ -207,6 +210,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     (other / "recipe.yaml").write_text(dump_recipe(r))
     (other / "metrics.csv").write_text("model\n")
     line = _one_error_line(_cli(manifest, "--plan", "--out", tmp_path / "other", cwd=tmp_path))
-    assert "somethingelse" in line and "not a run of this plan" in line
+    assert "not a `taylorcli paper` folder" in line  # no paper.json: the user's folder
     assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["x"]  # nothing written
+    (tmp_path / "other" / "paper.json").write_text('{"paper": "tinypaper", "scale": "full"}')
+    line = _one_error_line(_cli(manifest, "--plan", "--out", tmp_path / "other", cwd=tmp_path))
+    assert "somethingelse" in line and "not a run of this plan" in line
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["paper.json", "x"]
     assert "exactly one of" in _one_error_line(_cli(manifest, "--plan", "--local", cwd=tmp_path))

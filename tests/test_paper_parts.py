@@ -3,8 +3,6 @@ the learning-rate protocol, and seeds as repeats — each against an independent
 
 import io
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +10,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import TINY
+from conftest import TINY, run_cli
 from taylorcli.metrics import fit_slope, loss_curve_verdict, trajectory_projection
 from taylorcli.recipe import recipe_from_dict
-from taylorcli.run.directory import METRICS_COLUMNS, Run, load_run
+from taylorcli.run.reading import Run, load_run
+from taylorcli.run.tables import METRICS_COLUMNS
 
 
 def taylorcli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "taylorcli", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
+    """The command line, in this process."""
+    return run_cli(*args, cwd=cwd)
 
 
 # ---------------------------------------------------------------------------

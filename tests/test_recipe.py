@@ -53,8 +53,8 @@ BAD = [
     ("steps-not-increasing", "eval: {steps: [10, 10]}\n", (), ["key eval.steps", "increasing"]),
     ("wrn-depth-15", "model: {arch: wrn, depth: 15}\n", (), ["key model.depth", "6n+4", "got 15"]),
     ("wrn-depth-4", "model: {arch: wrn, depth: 4}\n", (), ["key model.depth", "6n+4"]),
-    ("unknown-arch", "model: {arch: resnet}\n", (), ["key model.arch: expected one of cnn, wrn, mlp, or a flax module by import path", "got 'resnet'"]),
-    ("bad-import-path", "model: {arch: 'my pkg:Net'}\n", (), ["key model.arch", "'package.module:ClassName'"]),
+    ("unknown-arch", "model: {arch: resnet}\n", (), ["key model.arch: expected one of cnn, wrn, mlp, twolayer, or your own network by import path", "got 'resnet'"]),
+    ("bad-import-path", "model: {arch: 'my pkg:Net'}\n", (), ["key model.arch", "'package.module:Name'"]),
     ("unknown-dataset", "data: {dataset: Digits!}\n", (), ["key data.dataset", "cifar10", "TFDS"]),
     ("npz-without-path", "data: {dataset: npz}\n", (), ["key data.path", ".npz"]),
     ("adam-with-momentum", "optim: {name: adam, momentum: 0.9}\n", (), ["key optim.momentum", "optim.b1"]),
@@ -210,7 +210,7 @@ def test_dump_keeps_schema_order(tmp_path):
     text = dump_recipe(recipe_from_dict(CUSTOM))
     top = [line.split(":")[0] for line in text.splitlines() if line and not line.startswith(" ")]
     assert top == ["name", "seed", "models", "data", "model", "taylor", "train", "optim", "eval",
-                   "checkpoint", "spawn"]
+                   "log", "checkpoint", "spawn"]
     assert "orders: [1, 2]" in text
     path = write(tmp_path, text, name="dumped.yaml")
     assert load_recipe(path) == recipe_from_dict(CUSTOM)

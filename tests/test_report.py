@@ -1,8 +1,8 @@
-"""`taylorcli report` and `compare` on real (tiny) run directories.
+"""`taylorcli report` and `compare` on run directories written by hand (conftest.hand_run).
 
 Every number in every table is checked against the metrics.csv it came from, read here with
-pandas alone, and against the paper's CSVs in taylorcli/paper/; nothing is compared with a stored
-copy of the report's own output.
+pandas alone, and against the paper's CSVs in taylorcli/paper/data/; nothing is compared with a
+stored copy of the report's own output.
 """
 
 import io
@@ -15,14 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from taylorcli.cli import app
-from taylorcli.run.progress import PlainProgress
-from taylorcli.recipe import load_recipe, recipe_from_dict
-from taylorcli.api import run_training as train
+from conftest import hand_run, run_cli
+from taylorcli.recipe import load_recipe, recipe_from_dict, recipe_to_dict
 
-PAPER = Path(__file__).resolve().parents[1] / "taylorcli" / "paper"
+PAPER = Path(__file__).resolve().parents[1] / "taylorcli" / "paper" / "data"
 EPOCHS = 3
 # The tiny recipe made a little larger, so that the models' accuracies differ (a table that
 # mixed models up would fail): 512 digits / batch 16 = 32 steps per epoch, all 360 test digits,
@@ -42,31 +39,29 @@ KILLED = "group/killed"  # a copy of cnnthin cut after epoch 1, as a killed run 
 BROKEN = "group/broken"  # a recipe.yaml and nothing else: a run that never evaluated
 LABELS2 = {"linearized (k=1)": "order1", "quadratic (k=2)": "order2", "full network": "full"}
 LABELS34 = {"LIN (k=1)": "order1", "QUAD (k=2)": "order2", "FULL NN": "full"}
-runner = CliRunner()
 
 
 def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
+    return run_cli(*args)
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory, tiny_dict):
-    """A results folder of real tiny runs, one incomplete and one broken, and its reports (md and csv)."""
+    """A results folder of hand-written runs, one incomplete and one broken, and its reports
+    (md and csv)."""
     root = tmp_path_factory.mktemp("results")
-    for name, sets in RUNS.items():
-        recipe = recipe_from_dict(tiny_dict(), "tiny", [*BASE, *sets])
-        train(recipe, str(root / name), PlainProgress(stream=io.StringIO()))
+    for seed, (name, sets) in enumerate(RUNS.items()):
+        recipe = recipe_to_dict(recipe_from_dict(tiny_dict(), "tiny", [*BASE, *sets]))
+        hand_run(root / name, recipe, seed)
     killed = root / KILLED
-    shutil.copytree(root / "cnnthin", killed, ignore=shutil.ignore_patterns("checkpoints"))
-    for table in ("metrics.csv", "layers.csv"):
-        t = pd.read_csv(killed / table)
-        t[t["epoch"] <= 1].to_csv(killed / table, index=False)
+    hand_run(killed, recipe_to_dict(load_recipe(root / "cnnthin" / "recipe.yaml")), 0,
+             last_epoch=1)
     (root / BROKEN).mkdir(parents=True)
     shutil.copy(root / "cnnthin" / "recipe.yaml", root / BROKEN / "recipe.yaml")
     out = root / "report"
     for fmt in ("md", "csv"):
         result = invoke("report", root, "--format", fmt)
-        assert result.exit_code == 0, result.stderr + result.stdout
+        assert result.returncode == 0, result.stderr + result.stdout
     return root, out
 
 
@@ -119,7 +114,7 @@ def test_runs_table_names_incomplete_broken_and_missing(results):
     notes = (out / "notes.txt").read_text()
     for text in (md, notes):
         assert f"{KILLED}: incomplete (epoch 1 of {EPOCHS})" in text
-        assert "recipes/table4_ntk.yaml" in text and "recipes/wrnthick.yaml" in text
+        assert "taylorcli train table4_ntk" in text and "taylorcli train wrnthick" in text
         assert BROKEN in text
 
 
@@ -254,7 +249,7 @@ def test_compare_labels_by_recipe_difference_and_picks_epochs(results, tmp_path)
     root, _ = results
     lr = invoke("compare", root / "table4_lr0.1", root / "table4_lr0.01", "--epochs", "1,1.5",
                 "--format", "csv", "--out", tmp_path / "lr.csv")
-    assert lr.exit_code == 0, lr.stderr
+    assert lr.returncode == 0, lr.stderr
     table = pd.read_csv(tmp_path / "lr.csv")
     assert list(table.columns) == [
         "setting", "run", "model", "test_acc_ep1", "test_acc_ep1.5", "cos_param_ep1",
@@ -270,7 +265,7 @@ def test_compare_labels_by_recipe_difference_and_picks_epochs(results, tmp_path)
 
     width = invoke("compare", root / "table3_cnnthin", root / "table3_cnnthick",
                    "--epochs", "1,3", "--format", "md")
-    assert width.exit_code == 0, width.stderr
+    assert width.returncode == 0, width.stderr
     assert "| model.width=8 | table3_cnnthin | QUAD (k=2) |" in width.stdout
     assert "| model.width=16 | table3_cnnthick | FULL NN |" in width.stdout
     acc1, acc3 = (value(root / "table3_cnnthick", "order1", e, "test_acc") for e in (1, 3))
@@ -278,7 +273,7 @@ def test_compare_labels_by_recipe_difference_and_picks_epochs(results, tmp_path)
         in width.stdout
 
     killed = invoke("compare", root / "cnnthin", root / KILLED, "--epochs", "3")
-    assert killed.exit_code == 0, killed.stderr
+    assert killed.returncode == 0, killed.stderr
     assert f"incomplete (epoch 1 of {EPOCHS})" in killed.stdout
     assert "epoch 3 shown at epoch 1" in killed.stdout
 
@@ -287,7 +282,7 @@ def test_report_default_out_and_rerun(results):
     root, out = results
     assert out == root / "report" and (out / "report.md").is_file()
     again = invoke("report", root / "table4_lr0.1", "--out", out.parent / "single")
-    assert again.exit_code == 0, again.stderr
+    assert again.returncode == 0, again.stderr
     runs = pd.read_csv(out / "runs.csv", keep_default_na=False)
     assert "report" not in set(runs["run"])
     single = (out.parent / "single" / "report.md").read_text()
@@ -309,7 +304,7 @@ def test_report_default_out_and_rerun(results):
 def test_bad_input_exits_2_with_one_line(results, args, names):
     root, _ = results
     result = invoke(*(a.format(root=root) for a in args))
-    assert result.exit_code == 2
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("taylorcli: error: ")
     assert names in lines[0] and "Traceback" not in result.stderr
@@ -323,7 +318,7 @@ def test_compare_defaults_to_the_paper_tables_epochs(results):
              (["cnnthin"], [f"ep{EPOCHS}"])]  # no paper table: epoch min(10, last) and the last
     for names, tags in cases:
         result = invoke("compare", *(root / n for n in names), "--format", "csv")
-        assert result.exit_code == 0, result.output
+        assert result.returncode == 0, result.stderr
         table = pd.read_csv(io.StringIO(result.stdout))
         shown = sorted({c.removeprefix("test_acc_") for c in table.columns
                         if c.startswith("test_acc_")})

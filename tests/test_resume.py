@@ -2,30 +2,20 @@
 
 import os
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from taylorcli.cli import app
-from taylorcli.run.directory import RunLock
+from conftest import run_cli, run_signalled, tiny
+from taylorcli.files import FolderLock
 
-from conftest import run_signalled
-
-# 256 digits, batch 32: 8 steps an epoch, 4 epochs, a checkpoint every 3 steps.
-RECIPE = {
-    "name": "resumable",
-    "data": {"dataset": "digits", "train_limit": 256, "test_limit": 64, "pad": 2, "flip": False},
-    "model": {"arch": "cnn", "depth": 2, "width": 4},
-    "taylor": {"orders": [1, 2]},
-    "train": {"epochs": 4, "batch_size": 32},
-    "optim": {"lr": 0.1, "momentum": 0.9, "grad_clip": 5.0, "decay_epochs": [2]},
-    "eval": {"every_epochs": 1, "steps": [3, 5], "batch_size": 64},
-    "checkpoint": {"every_steps": 3, "keep": 2, "keep_epochs": [1]},
-}
+# The tiny recipe with momentum and a step decay: 4 steps an epoch, 8 epochs, a checkpoint
+# every 3 steps, the epoch-2 checkpoint kept.
+RECIPE = tiny(name="resumable", train={"epochs": 8},
+              optim={"momentum": 0.9, "schedule": "step", "decay_epochs": [4]},
+              eval={"steps": [3, 5]},
+              checkpoint={"every_steps": 3, "keep": 2, "keep_epochs": [2]})
 
 
 @pytest.fixture(scope="module")
@@ -35,27 +25,25 @@ def recipe_file(tmp_path_factory):
     return path
 
 
-def start(recipe_file, out, *extra):
-    return subprocess.Popen([sys.executable, "-m", "taylorcli.cli", "train", str(recipe_file),
-                             "--out", str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 def finish(recipe_file, out, *extra):
-    proc = start(recipe_file, out, *extra)
-    stdout, stderr = proc.communicate(timeout=300)
-    return proc.returncode, stdout, stderr
+    """`taylorcli train` to the end (in this process): exit code, stdout, stderr."""
+    result = run_cli("train", recipe_file, "--out", out, *extra)
+    return result.returncode, result.stdout, result.stderr
 
 
 def resumed_from(stdout):
-    """The first step of a run, from its closing line `done: steps S..T in ...`."""
-    line = next(l for l in stdout.splitlines() if l.startswith("done: steps "))
-    return int(line.split()[2].split("..")[0])
+    """The first step of a run, from its closing line `done: trained steps S..T; ...`."""
+    line = next(l for l in stdout.splitlines() if l.startswith("done: trained steps "))
+    return int(line.split()[3].split("..")[0].rstrip(";"))
 
 
 def results(out):
+    """The run's tables (wall_time aside: seconds, not results) and its logits."""
+    import pandas as pd
+
+    metrics = pd.read_csv(out / "metrics.csv").drop(columns=["wall_time"]).to_csv(index=False)
     logits = {p.name: dict(np.load(p)) for p in sorted((out / "logits").glob("*.npz"))}
-    return ((out / "metrics.csv").read_bytes(), (out / "layers.csv").read_bytes(), logits)
+    return metrics.encode(), (out / "layers.csv").read_bytes(), logits
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +66,7 @@ def assert_same(a, b):
 # Checkpoints every 3 steps: a save starts only after the previous one is finished and
 # signed, so right after step 6 the step-3 checkpoint is complete, and after step 12 the
 # step-9 one (steps 8 and 12 are evaluations too, 8 a kept epoch).
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", [7, 13])
 def test_sigkill_and_resume_gives_the_same_results(kill_at, recipe_file, uninterrupted, tmp_path):
     out = tmp_path / "run"
@@ -91,6 +80,7 @@ def test_sigkill_and_resume_gives_the_same_results(kill_at, recipe_file, uninter
     assert_same(results(out), uninterrupted)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_preemption_signal_checkpoints_and_exits_75(sig, recipe_file, uninterrupted, tmp_path):
     out = tmp_path / "run"
@@ -109,27 +99,26 @@ def test_checkpoints_keep_last_n_and_marked_epochs(recipe_file, tmp_path):
     code, _, stderr = finish(recipe_file, out)
     assert code == 0, stderr
     steps = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
-    # Saved at 3, 6, 8 (epoch 1, kept), 9, ..., 30, 32 (the end); the newest two plus step 8 remain.
+    # Saved at 3, 6, 8 (epoch 2, kept), 9, ..., 30, 32 (the end); the newest two plus step 8 remain.
     assert steps == [8, 30, 32]
 
 
 def test_live_run_holds_the_lock(recipe_file, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    lock = RunLock(out)
+    lock = FolderLock(out)
     lock.acquire()
     try:
-        result = CliRunner().invoke(app, ["train", str(recipe_file), "--out", str(out)])
-        assert result.exit_code == 2
-        assert "in use by a live run" in result.output and f"pid {os.getpid()}" in result.output
+        result = run_cli("train", recipe_file, "--out", out)
+        assert result.returncode == 2
+        assert "in use by a live run" in result.stderr and f"pid {os.getpid()}" in result.stderr
         assert not (out / "metrics.csv").exists()
     finally:
         lock.release()
     # Released (as when the holder dies): the next run proceeds.
-    result = CliRunner().invoke(app, ["train", str(recipe_file), "--out", str(out),
-                                      "--set", "train.epochs=1", "--set", "optim.decay_epochs=[]",
-                                      "--set", "checkpoint.keep_epochs=[]"])
-    assert result.exit_code == 0, result.output
+    result = run_cli("train", recipe_file, "--out", out, "--set", "train.epochs=1",
+                     "--set", "optim.decay_epochs=[]", "--set", "checkpoint.keep_epochs=[]")
+    assert result.returncode == 0, result.stderr
 
 
 def _newest_checkpoint(out):
@@ -146,6 +135,7 @@ def _flip_a_byte(folder):
     target.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_named_and_an_earlier_one_used(recipe_file, uninterrupted,
                                                                tmp_path):
     out = tmp_path / "run"
@@ -160,6 +150,7 @@ def test_a_damaged_checkpoint_is_named_and_an_earlier_one_used(recipe_file, unin
     assert_same(results(out), uninterrupted)  # nothing of the garbage reached the tables
 
 
+@pytest.mark.slow
 def test_all_checkpoints_damaged_is_one_line_and_changes_nothing(recipe_file, tmp_path):
     out = tmp_path / "run"
     killed = run_signalled(["train", recipe_file, "--out", out], 7, signal.SIGKILL)
@@ -178,7 +169,8 @@ def test_all_checkpoints_damaged_is_one_line_and_changes_nothing(recipe_file, tm
 
 
 def divergence_recipe(tmp_path, *sets):
-    raw = {**RECIPE, "checkpoint": {"every_epochs": 1}}
+    raw = {**RECIPE, "checkpoint": {"every_epochs": 1}, "optim": {**RECIPE["optim"],
+                                                                   "decay_epochs": [4]}}
     path = tmp_path / "diverge.yaml"
     path.write_text(yaml.safe_dump(raw))
     args = ["train", str(path), "--out", str(tmp_path / "run"), "--set", "optim.grad_clip=null",
@@ -191,9 +183,8 @@ def divergence_recipe(tmp_path, *sets):
 def test_diverging_taylor_models_are_frozen_and_the_run_goes_on(tmp_path):
     import pandas as pd
 
-    result = CliRunner().invoke(app, divergence_recipe(
-        tmp_path, "optim.lr=10", "taylor.orders=[1,2,3,4]"))
-    assert result.exit_code == 0, result.output
+    result = run_cli(*divergence_recipe(tmp_path, "optim.lr=10", "taylor.orders=[1,2,3,4]"))
+    assert result.returncode == 0, result.stderr
     m = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert not m[m.model == "full"].diverged.any()
     gone = sorted(set(m[m.diverged].model))
@@ -202,21 +193,21 @@ def test_diverging_taylor_models_are_frozen_and_the_run_goes_on(tmp_path):
         flags = m[m.model == name].diverged.tolist()
         first = flags.index(True)
         assert all(flags[first:]), f"{name} came back from divergence"
-        assert f"warning: {name} diverged" in result.output
+        assert f"warning: {name} diverged" in result.stderr
     assert m[m.model == "full"].step.max() == 32  # the full network trained to the end
 
 
 def test_diverging_full_network_ends_the_run(tmp_path):
-    result = CliRunner().invoke(app, divergence_recipe(tmp_path, "optim.lr=1e6", "train.loss=mse"))
-    assert result.exit_code == 3
-    assert "full network diverged" in result.output and "Traceback" not in result.output
+    result = run_cli(*divergence_recipe(tmp_path, "optim.lr=1e6", "train.loss=mse"))
+    assert result.returncode == 3
+    assert "full network diverged" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_no_resume_clears_checkpoints(recipe_file, tmp_path):
     out = tmp_path / "run"
-    code, _, stderr = finish(recipe_file, out, "--set", "train.epochs=3")
+    code, _, stderr = finish(recipe_file, out, "--set", "train.epochs=6")
     assert code == 0, stderr
-    code, _, stderr = finish(recipe_file, out, "--no-resume", "--set", "train.epochs=3",
+    code, _, stderr = finish(recipe_file, out, "--no-resume", "--set", "train.epochs=6",
                              "--set", "checkpoint.keep_epochs=[]")
     assert code == 0, stderr
     steps = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
@@ -228,6 +219,9 @@ class SignalAtStart:
 
     def start(self, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
+
+    def compiled(self, *args):
+        pass
 
     def step(self, *args):
         pass
@@ -247,7 +241,7 @@ def test_stop_at_step_zero_then_resume_has_no_duplicate_rows(tmp_path):
 
     from taylorcli.run.progress import PlainProgress
     from taylorcli.recipe import recipe_from_dict
-    from taylorcli.api import run_training as train
+    from taylorcli.analyses.training import train_recipe as train
     from taylorcli.errors import Stopped
 
     recipe = recipe_from_dict({**RECIPE, "train": {"epochs": 2, "batch_size": 32},
@@ -260,5 +254,5 @@ def test_stop_at_step_zero_then_resume_has_no_duplicate_rows(tmp_path):
     result = train(recipe, str(out), PlainProgress(stream=open(os.devnull, "w")))
     m = pd.read_csv(out / "metrics.csv")
     assert not m.duplicated(["model", "step"]).any()
-    assert sorted(set(m.step)) == [0, 3, 5, 8, 16]
-    assert result.steps == 16
+    assert sorted(set(m.step)) == [0, 3, 4, 5, 8]
+    assert result.steps == 8

@@ -10,20 +10,18 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
-
-from taylorcli.cli import app
-from taylorcli.metrics import error_barrier, function_distance
-from taylorcli.models import build_model
-from taylorcli.run.progress import PlainProgress
-from taylorcli.recipe import RecipeError
-from taylorcli.run.start import parent_network, replay
-from taylorcli.spawn.spawned_run import parent_recipe, spawn_recipe
-from taylorcli.engine.lockstep import ModelSpec, build_engine, epoch_permutations, lockstep_state, \
-    reexpands_at
-from taylorcli.api import run_training as train
-from taylorcli.data import load_for_recipe as load_data, spec_of
+from conftest import run_cli, table_without_clock
+from taylorcli.analyses.training import train_recipe as train
+from taylorcli.data import load_for_recipe as load_data, with_data_stats
+from taylorcli.engine.lockstep import ModelSpec, epoch_permutations, initial_params, \
+    lockstep_state, reexpands_at
+from taylorcli.engine.setup import build_setup
 from taylorcli.errors import Stopped
+from taylorcli.metrics import error_barrier, function_distance
+from taylorcli.recipe import RecipeError
+from taylorcli.run.progress import PlainProgress
+from taylorcli.run.start import parent_network, parent_setup, replay
+from taylorcli.spawn.spawned_run import parent_recipe, spawn_recipe
 
 EPOCHS = "train.epochs=3"
 
@@ -84,30 +82,23 @@ def test_spawned_run_continues_the_parent_and_expands_there(parent, tmp_path):
 def test_replay_matches_the_checkpointed_network(parent, tiny_recipe):
     """Spawning from an epoch without a checkpoint replays the parent from an earlier one."""
     recipe = parent_recipe(parent)
-    ds = load_data(recipe)
-    spec = spec_of(ds)
-    saved, _, at = parent_network(recipe, parent, spec, 4)
+    setup = build_setup(recipe, load_data(recipe))
+    saved, _, at = parent_network(setup, parent, 4)
     assert at == 4
-    theta0, opt0, at0 = parent_network(recipe, parent, spec, 3)
+    theta0, opt0, at0 = parent_network(setup, parent, 3)
     assert at0 == 0  # no checkpoint before epoch 1: from the seed
-    replayed, _ = replay(recipe, spec, ds, theta0, opt0, 0, 4)
+    replayed, _ = replay(setup, theta0, opt0, 0, 4)
     for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(replayed)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
 def engine_and_state(recipe, specs, streams=(0,)):
     ds = load_data(recipe)
-    spec = spec_of(ds)
-    engine = dataclasses.replace(build_engine(recipe, spec), specs=tuple(specs), streams=streams)
-    state = lockstep_state(engine, 0, *_theta_opt(engine, recipe, spec))
+    setup = build_setup(with_data_stats(recipe, ds), ds)
+    engine = dataclasses.replace(setup.engine, specs=tuple(specs), streams=streams)
+    theta0 = initial_params(setup.network, recipe.seed, setup.spec.image_shape)
+    state = lockstep_state(engine, 0, theta0, engine.optimizer.init(theta0))
     return ds, engine, state
-
-
-def _theta_opt(engine, recipe, spec):
-    from taylorcli.engine.lockstep import init_state
-
-    s = init_state(engine, recipe, spec)
-    return s["theta0"], s["opt"][engine.names[0]]
 
 
 def run_steps(recipe, engine, state, ds, steps):
@@ -127,7 +118,7 @@ def test_children_with_identical_seeds_are_identical_and_others_differ(tiny_reci
              ModelSpec("child2", stream=2)]
     ds, engine, state = engine_and_state(recipe, specs, streams=(0, 7, 8))
     out = run_steps(recipe, engine, state, ds, 6)
-    leaves = {n: jax.tree.leaves(out["params"][n]) for n in engine.names}
+    leaves = {n: jax.tree.leaves(out.params[n]) for n in engine.names}
     for a, b in zip(leaves["child0"], leaves["child1"]):
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, b) for a, b in zip(leaves["child0"], leaves["child2"]))
@@ -142,11 +133,11 @@ def test_reexpanding_every_step_is_ordinary_training(tiny_recipe):
     ds, engine, state = engine_and_state(recipe, specs)
     out = run_steps(recipe, engine, state, ds, 6)
     for name in ("r1", "r2"):
-        for a, b in zip(jax.tree.leaves(out["params"]["full"]), jax.tree.leaves(out["params"][name])):
+        for a, b in zip(jax.tree.leaves(out.params["full"]), jax.tree.leaves(out.params[name])):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
     # ... while the never re-expanded model has left the network's trajectory.
     gap = max(float(np.max(np.abs(a - b))) for a, b in zip(
-        jax.tree.leaves(out["params"]["full"]), jax.tree.leaves(out["params"]["plain"])))
+        jax.tree.leaves(out.params["full"]), jax.tree.leaves(out.params["plain"])))
     assert gap > 1e-4
 
 
@@ -163,9 +154,9 @@ def test_reexpanded_center_is_the_parameters_at_the_last_reexpansion(tiny_recipe
     ds, engine, state = engine_and_state(recipe, specs)
     after3 = run_steps(recipe, engine, state, ds, 3)  # at step 3: still expanded at θ0
     after4 = run_steps(recipe, engine, state, ds, 4)  # at step 4: re-expanded at θ(4)
-    for c, t0 in zip(jax.tree.leaves(after3["centers"]["r"]), jax.tree.leaves(after3["theta0"])):
+    for c, t0 in zip(jax.tree.leaves(after3.centers["r"]), jax.tree.leaves(after3.theta0)):
         np.testing.assert_array_equal(c, t0)
-    for c, p in zip(jax.tree.leaves(after4["centers"]["r"]), jax.tree.leaves(after4["params"]["r"])):
+    for c, p in zip(jax.tree.leaves(after4.centers["r"]), jax.tree.leaves(after4.params["r"])):
         np.testing.assert_array_equal(c, p)
 
 
@@ -212,19 +203,18 @@ def test_children_metrics_against_direct_computation(parent, tmp_path):
     assert start["barrier"] == 0 and start["function_distance"] == 0
     assert start["relu_distance"] == 0
     # The last row's ReLU distance, recomputed here from the checkpointed children.
-    from taylorcli.run.checkpoints import Checkpoints
-    from taylorcli.engine.lockstep import init_state
     from taylorcli.data import standardize
+    from taylorcli.run.checkpoints import Checkpoints
 
     recipe = parent_recipe(tmp_path / "kids")
     ds = load_data(recipe)
-    spec = spec_of(ds)
-    engine = build_engine(recipe, spec)
+    setup = build_setup(recipe, ds)
     ckpts = Checkpoints(tmp_path / "kids" / "checkpoints", read_only=True)
-    state, _ = ckpts.restore(12, jax.eval_shape(lambda: init_state(engine, recipe, spec)))
+    state, _ = ckpts.restore(12, setup.abstract_state)
     ckpts.close()
-    model = build_model(recipe.model, spec.num_classes)
+    model = setup.network.module  # the flax linen CNN
     x = standardize(jnp.asarray(ds.test_x), mean=ds.mean, std=ds.std)
+
     def conv_outputs(params):
         # The CNN's pre-activations are its convolutions' outputs, as flax captures them.
         _, seen = model.apply({"params": params}, x, capture_intermediates=True,
@@ -232,17 +222,17 @@ def test_children_metrics_against_direct_computation(parent, tmp_path):
         return [np.asarray(v["__call__"][0]).reshape(len(x), -1)
                 for k, v in seen["intermediates"].items() if k.startswith("conv")]
 
-    pa = [a > 0 for a in conv_outputs(state["params"]["child0"])]
-    pb = [b > 0 for b in conv_outputs(state["params"]["child1"])]
+    pa = [a > 0 for a in conv_outputs(state.params["child0"])]
+    pb = [b > 0 for b in conv_outputs(state.params["child1"])]
     expected = sum((a != b).sum() for a, b in zip(pa, pb)) / sum(a.size for a in pa)
     assert table.iloc[-1]["relu_distance"] == pytest.approx(expected, rel=1e-6)
-    logits = [model.apply({"params": state["params"][c]}, x) for c in ("child0", "child1")]
+    logits = [model.apply({"params": state.params[c]}, x) for c in ("child0", "child1")]
     errs = [float(np.mean(np.argmax(l, -1) != ds.test_y)) for l in logits]
     assert table.iloc[-1]["test_err_a"] == pytest.approx(errs[0])
     assert table.iloc[-1]["test_err_b"] == pytest.approx(errs[1])
     # The barrier: test errors on the straight line between the children (11 points, α = 0
     # at child1), above the chord between their own errors, recomputed here.
-    pa, pb = state["params"]["child0"], state["params"]["child1"]
+    pa, pb = state.params["child0"], state.params["child1"]
     line = []
     for alpha in np.linspace(0.0, 1.0, 11):
         mix = jax.tree.map(lambda a, b: alpha * a + (1 - alpha) * b, pa, pb)
@@ -252,11 +242,10 @@ def test_children_metrics_against_direct_computation(parent, tmp_path):
 
 
 def test_cli_spawn_sweep_writes_the_summary_and_resumes(parent, tmp_path):
-    runner = CliRunner()
     args = ["spawn", str(parent), "--at", "0,1", "--order", "1", "--children", "2",
             "--reexpand-every", "2,inf", "--out", str(tmp_path / "sweep")]
-    first = runner.invoke(app, args)
-    assert first.exit_code == 0, first.output
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
     summary = pd.read_csv(tmp_path / "sweep" / "spawn.csv")
     assert set(summary["spawn_epoch"]) == {0, 1}
     assert set(summary["model"]) == {"full", "order1", "order1/every2", "child0", "child1"}
@@ -270,8 +259,8 @@ def test_cli_spawn_sweep_writes_the_summary_and_resumes(parent, tmp_path):
     assert (tmp_path / "sweep" / "spawn.png").stat().st_size > 1000
     assert "spawn epoch" in (tmp_path / "sweep" / "spawn.md").read_text()
     before = (tmp_path / "sweep" / "at1" / "metrics.csv").read_bytes()
-    again = runner.invoke(app, args)
-    assert again.exit_code == 0 and "steps 12..12" in again.output
+    again = run_cli(*args)
+    assert again.returncode == 0 and "nothing left to train (step 12)" in again.stdout
     assert (tmp_path / "sweep" / "at1" / "metrics.csv").read_bytes() == before
 
 
@@ -287,16 +276,16 @@ def test_cli_spawn_sweep_writes_the_summary_and_resumes(parent, tmp_path):
     (["--at", "1", "--set", "models=[full]"], "models"),
 ])
 def test_cli_spawn_bad_input_is_one_line_and_exit_2(parent, tmp_path, extra, needle):
-    result = CliRunner().invoke(app, ["spawn", str(parent), *extra, "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2
-    lines = [line for line in result.output.splitlines() if line.strip()]
+    result = run_cli("spawn", parent, *extra, "--out", tmp_path / "o")
+    assert result.returncode == 2
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0]
     assert not (tmp_path / "o").exists()
 
 
 def test_cli_spawn_from_a_folder_that_is_no_run(tmp_path):
-    result = CliRunner().invoke(app, ["spawn", str(tmp_path), "--at", "0"])
-    assert result.exit_code == 2 and "not a run directory" in result.output
+    result = run_cli("spawn", tmp_path, "--at", "0")
+    assert result.returncode == 2 and "not a run directory" in result.stderr
 
 
 class SignalAtStep(Quiet):
@@ -323,7 +312,8 @@ def test_stopped_spawned_run_resumes_to_the_same_tables(parent, tmp_path):
     assert pd.read_csv(tmp_path / "b" / "metrics.csv")["step"].max() < 12
     train(recipe, str(tmp_path / "b"), Quiet())
     for table in ("metrics.csv", "children.csv", "kernels.csv", "layers.csv"):
-        assert (tmp_path / "a" / table).read_bytes() == (tmp_path / "b" / table).read_bytes(), table
+        assert table_without_clock(tmp_path / "a" / table) == \
+            table_without_clock(tmp_path / "b" / table), table
 
 
 def test_spawn_of_a_spawned_run_starts_from_its_own_trajectory(parent, tmp_path):

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 from conftest import TINY
@@ -23,7 +24,7 @@ def traced(*args):
     print('groups', [(g.names, g.device.id) for g in step.groups], file=sys.stderr)
     for g in step.groups:
         assert all(x.devices() == {g.device} for n in g.names
-                   for x in jax.tree.leaves(state['params'][n]))
+                   for x in jax.tree.leaves(state.params[n]))
     return step, state, evaluator
 split.split_models = traced
 from taylorcli.cli import app
@@ -44,6 +45,7 @@ def train(tmp_path, name, devices, *sets):
     return out, proc.stderr
 
 
+@pytest.mark.slow
 def test_split_models_on_four_devices_equal_lockstep(tmp_path):
     lock, _ = train(tmp_path, "lockstep", 1)
     split, log = train(tmp_path, "split", 4, "train.split_models=true")

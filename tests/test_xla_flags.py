@@ -81,7 +81,7 @@ def test_import_leaves_the_environment_alone_and_the_command_sets_the_flag():
             "import taylorcli, taylorcli.cli\n"
             "before = os.environ.get('XLA_FLAGS')\n"
             "sys.argv = ['taylorcli', '--version']\n"
-            "try:\n    taylorcli.cli.run()\nexcept SystemExit:\n    pass\n"
+            "try:\n    taylorcli.cli.console_main()\nexcept SystemExit:\n    pass\n"
             "print(repr(before), '|', os.environ.get('XLA_FLAGS', ''))\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.strip().splitlines()[-1]

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..metrics import error_barrier, function_distance
 from ..models import relu_inputs
+from ..names import parse_model_name
 from ..run.analysis import Point, RunContext
 
 COLUMNS = ["epoch", "step", "child_a", "child_b", "test_err_a", "test_err_b", "barrier",
@@ -29,7 +30,7 @@ class ChildrenMetrics:
 
     def __init__(self, context: RunContext, alphas: int = 11, pattern_examples: int = 500):
         spec, evaluator = context.spec, context.evaluator
-        self.names = [n for n in evaluator.engine.names if n.startswith("child")]
+        self.names = [n for n in evaluator.engine.names if parse_model_name(n).child is not None]
         self.evaluator = evaluator
         self.alphas = np.linspace(0.0, 1.0, alphas)
         self.num_classes = spec.num_classes
@@ -81,7 +82,7 @@ class ChildrenMetrics:
         step, epoch, logits = point.step, point.epoch, point.logits
         rows = []
         for a, b in itertools.combinations(self.names, 2):
-            pa, pb = state["params"][a], state["params"][b]
+            pa, pb = state.params[a], state.params[b]
             errors = self.line_errors(pa, pb)  # errors[0]: α = 0, child b; errors[-1]: child a
             rows.append({
                 "epoch": round(epoch, 6), "step": step, "child_a": a, "child_b": b,

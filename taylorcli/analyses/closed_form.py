@@ -137,7 +137,7 @@ class ClosedFormComparison:
         steps = sorted(self.times)
         test_x = self.evaluator.test_x[: self.evaluator.n]
         f_train, f_test = closed_form_trajectory(
-            self.engine.apply, state["theta0"], self.x, self.y, test_x, 1.0,
+            self.engine.apply, state.theta0, self.x, self.y, test_x, 1.0,
             [self.times[s] for s in steps], self.num_classes, block=self.block)
         onehot = np.eye(self.num_classes)[self.y]
         losses = 0.5 * np.mean(np.sum((f_train - onehot[None]) ** 2, axis=-1), axis=-1)

@@ -57,14 +57,13 @@ class KernelDynamics:
     def kernels(self, state) -> dict[str, np.ndarray]:
         """Every model's NTK on the subset, wrt its own parameters."""
         out = {}
-        centers = state.get("centers", {})
         for spec in self.engine.specs:
-            params = state["params"][spec.name]
+            params = state.params[spec.name]
             if spec.order == 0:
                 out[spec.name] = ntk(self.engine.apply, params, self.x, outputs=self.outputs,
                                      block=self.block)
             else:
-                center = centers.get(spec.name, state["theta0"])
+                center = state.center(spec.name)
                 out[spec.name] = ntk(self.model_fn(spec.order), params, self.x,
                                      outputs=self.outputs, block=self.block, args=(center,))
         return out

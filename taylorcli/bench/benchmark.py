@@ -25,7 +25,9 @@ from rich.table import Table
 
 from .. import data as data_lib
 from ..engine.costs import compiled_flops, step_cost
-from ..engine.lockstep import build_engine, init_state, make_train_step
+from ..engine.lockstep import build_engine, fresh_state, initial_params, make_train_step
+from ..engine.setup import build_setup
+from ..models import build_network, inspect
 from ..recipe import load_named_recipe, recipe_from_dict
 from ..taylor import truncation_plan
 from .step_profile import KINDS, profile_step
@@ -69,13 +71,16 @@ class Bench:
         self.spec = data_lib.DatasetSpec("synthetic", x.shape[1:], 10, len(x), 8, ds.mean, ds.std)
         self.train_x, self.train_y = jnp.asarray(x), jnp.asarray(ds.train_y)
         self.perm = jnp.arange(len(x))
-        self.engine = build_engine(self.recipe, self.spec)
+        self.network = build_network(self.recipe.model, 10, seed=self.recipe.seed)
+        layers = inspect(self.network, self.spec.image_shape, 10)
+        self.engine = build_engine(self.recipe, self.spec, self.network, layers)
+        self.theta0 = initial_params(self.network, self.recipe.seed, self.spec.image_shape)
         self._compiled = {}
 
     def plan(self, order: int) -> list[dict]:
         """Taylor mode's truncation plan of this setting's network at one order."""
-        theta0 = init_state(self.engine, self.recipe, self.spec)["theta0"]
-        return truncation_plan(self.engine.apply, theta0, order, self.train_x[: self.s.batch])
+        return truncation_plan(self.engine.apply, self.theta0, order,
+                               self.train_x[: self.s.batch])
 
     def engine_for(self, names, nested=False):
         """The lockstep engine restricted to some models."""
@@ -84,7 +89,8 @@ class Bench:
 
     def compiled(self, engine):
         """The engine's step compiled for this setting's shapes (once per engine), and a state."""
-        state = init_state(engine, self.recipe, self.spec)
+        # A copy: the step donates its state, θ0 included.
+        state = fresh_state(engine, jax.tree.map(jnp.copy, self.theta0))
         key = (engine.names, engine.nested)
         if key not in self._compiled:
             step = jax.jit(make_train_step(engine, 0), donate_argnums=0)
@@ -196,7 +202,7 @@ def recipe_memory(names=TABLE1) -> dict:
     """Compiled memory (GiB) of the lockstep step of each Table 1 recipe, without running it."""
     out = {}
     for name in names:
-        c = step_cost(load_named_recipe(name))
+        c = step_cost(build_setup(load_named_recipe(name)))
         out[name] = {"peak_gib": c.peak_bytes / 2**30, "temp_gib": c.temp_bytes / 2**30,
                      "flops": c.flops, "backend": c.backend}
     return out

@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import data as data_lib
-from ..metrics import cos_func, cos_param, func_dist, layer_movement, layer_paths, loss_and_accuracy
-from .lockstep import FULL, make_eval_logits, order_of
+from ..metrics import cos_func, cos_param, func_dist, layer_movement, layer_paths, \
+    loss_and_accuracy, param_dist
+from ..names import FULL, order_of
+from .lockstep import make_eval_logits
 
 
 def mean_stats(sums: dict) -> dict[str, tuple[float, float]]:
@@ -36,17 +38,18 @@ class Evaluator:
         self.test_y = jnp.asarray(ds.test_y)
         self.n = n
         self.logits_fn = jax.jit(make_eval_logits(engine))
-        self.layers = list(engine.layers) or layer_paths(state["theta0"])
+        self.layers = list(engine.layers) or layer_paths(state.theta0)
         self.geometry = jax.jit(self._geometry)
 
     def _geometry(self, state):
         # A subset run without the full network leaves the cosines to `report` (report/merge.py).
-        full = state["params"].get(FULL)
+        full = state.params.get(FULL)
         out = {}
-        for name, params in state["params"].items():
-            dist, rel = layer_movement(params, state["theta0"], self.layers)
-            cp = jnp.nan if full is None else cos_param(full, params, state["theta0"])
-            out[name] = (cp, dist, rel)
+        for name, params in state.params.items():
+            dist, rel = layer_movement(params, state.theta0, self.layers)
+            cp = jnp.nan if full is None else cos_param(full, params, state.theta0)
+            pd = jnp.nan if full is None else param_dist(params, full)
+            out[name] = (cp, dist, rel, pd)
         return out
 
     def logits(self, state) -> dict[str, np.ndarray]:
@@ -60,12 +63,12 @@ class Evaluator:
         """Metrics rows, layer rows and logits at one evaluation point."""
         logits = self.logits(state)
         geometry = jax.device_get(self.geometry(state))
-        diverged = jax.device_get(state["diverged"])
-        train_stats = mean_stats(jax.device_get(state["stats"]))
+        diverged = jax.device_get(state.diverged)
+        train_stats = mean_stats(jax.device_get(state.stats))
         rows, layer_rows = [], []
         for name in self.engine.names:
             test_loss, test_acc = loss_and_accuracy(logits[name], self.test_y, self.engine.loss)
-            cp, dist, rel = geometry[name]
+            cp, dist, rel, pd = geometry[name]
             train_loss, train_acc = train_stats[name]
             rows.append({
                 "model": name, "order": order_of(name), "epoch": round(epoch, 6), "step": step,
@@ -76,6 +79,8 @@ class Evaluator:
                 # Finite parameters can still give non-finite logits: that is divergence too.
                 "diverged": bool(diverged[name]) or not math.isfinite(test_loss),
                 "func_dist": func_dist(logits[FULL], logits[name]) if FULL in logits else math.nan,
+                "wall_time": math.nan,  # the loop's clock fills it in
+                "param_dist": float(pd),
             })
             layer_rows += [{"model": name, "epoch": round(epoch, 6), "layer": layer,
                             "distance": float(d), "relative_distance": float(r)}

@@ -9,7 +9,7 @@ step number, so the trajectory depends only on the recipe and the seed.
 
 from __future__ import annotations
 
-import re
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -18,22 +18,11 @@ import jax.numpy as jnp
 import optax
 
 from .. import data as data_lib
-from ..models import apply_fn, build_model, init_params, inspect_model
+from ..models import Network
+from ..names import FULL, child_name, model_names, order_of, spawned_name
 from ..taylor import taylorize, taylorize_nested
 from .optimizer import make_loss, make_optimizer
-
-FULL = "full"
-
-
-def model_names(orders) -> list[str]:
-    """Names of the models trained in lockstep: `full`, then `order1` … `orderK`."""
-    return [FULL] + [f"order{k}" for k in orders]
-
-
-def order_of(name: str) -> int:
-    """Taylor order of a model name: 0 for `full` and `childN`, k for `orderk`, `spawn@E/orderk`, ..."""
-    found = re.search(r"(?:^|/)order(\d+)", name)
-    return int(found.group(1)) if found else 0
+from .state import LockstepState
 
 
 @dataclass(frozen=True)
@@ -54,15 +43,13 @@ def model_specs(recipe) -> tuple[ModelSpec, ...]:
         specs = tuple(ModelSpec(name, order_of(name)) for name in model_names(orders))
         # `models` trains a subset, with the seeds and data order of the whole recipe.
         return tuple(s for s in specs if recipe.models is None or s.name in recipe.models)
-    at = f"spawn@{sp.epoch:g}/"
     specs = [ModelSpec(FULL)]
     for k in orders:
-        specs.append(ModelSpec(f"{at}order{k}", k))
-        specs += [ModelSpec(f"{at}order{k}/every{K}", k, reexpand=("every", K))
-                  for K in sp.reexpand_every]
-        specs += [ModelSpec(f"{at}order{k}/doubling{K}", k, reexpand=("doubling", K))
-                  for K in sp.reexpand_doubling]
-    specs += [ModelSpec(f"child{i}", stream=i + 1) for i in range(sp.children)]
+        specs.append(ModelSpec(spawned_name(sp.epoch, k), k))
+        for kind, intervals in (("every", sp.reexpand_every), ("doubling", sp.reexpand_doubling)):
+            specs += [ModelSpec(spawned_name(sp.epoch, k, (kind, K)), k, reexpand=(kind, K))
+                      for K in intervals]
+    specs += [ModelSpec(child_name(i), stream=i + 1) for i in range(sp.children)]
     return tuple(specs)
 
 
@@ -117,13 +104,17 @@ class Engine:
         """Model names, in lockstep order (`full` first)."""
         return tuple(s.name for s in self.specs)
 
-    def model_fns(self, state) -> dict[str, Callable]:
+    def model_fns(self, state: LockstepState) -> dict[str, Callable]:
         """`f(params, x)` of each model, each Taylorized one expanded around its expansion point."""
         expand = taylorize_nested if self.nested else taylorize
-        centers = state.get("centers", {})
-        return {s.name: self.apply if s.order == 0 else
-                expand(self.apply, centers.get(s.name, state["theta0"]), s.order)
+        return {s.name: self.apply if s.order == 0 else expand(self.apply, state.center(s.name),
+                                                                 s.order)
                 for s in self.specs}
+
+    def only(self, names) -> "Engine":
+        """The same engine training only the models `names` (the full network alone: `[FULL]`)."""
+        return dataclasses.replace(self, specs=tuple(s for s in self.specs if s.name in names)
+                                   or tuple(ModelSpec(n, order_of(n)) for n in names))
 
 
 def steps_per_epoch(recipe, train_size: int) -> int:
@@ -132,12 +123,11 @@ def steps_per_epoch(recipe, train_size: int) -> int:
     return whole + (1 if rest and recipe.train.last_batch == "keep" else 0)
 
 
-def build_engine(recipe, spec) -> Engine:
-    """The engine a recipe describes, for a dataset of the given spec."""
+def build_engine(recipe, spec, network: Network, layers=()) -> Engine:
+    """The engine a recipe describes, for a dataset of the given spec and its network."""
     spe = steps_per_epoch(recipe, spec.train_size)
-    model = build_model(recipe.model, spec.num_classes)
     return Engine(
-        apply=apply_fn(model),
+        apply=network.apply,
         specs=model_specs(recipe),
         optimizer=make_optimizer(recipe.optim, spe, recipe.train.epochs),
         loss=make_loss(recipe.train.loss, spec.num_classes),
@@ -149,7 +139,7 @@ def build_engine(recipe, spec) -> Engine:
         std=tuple(spec.std),
         streams=noise_streams(recipe),
         start_step=spawn_step(recipe, spe),
-        layers=tuple(inspect_model(model, spec.image_shape, spec.num_classes, recipe.model.arch)),
+        layers=tuple(layers),
         train_size=spec.train_size,
         keep_last=recipe.train.last_batch == "keep" and spec.train_size % recipe.train.batch_size > 0,
         crop=recipe.data.crop,
@@ -164,31 +154,31 @@ def rng_streams(seed: int, stream: int = 0) -> dict[str, jax.Array]:
     return {name: jax.random.fold_in(root, i) for i, name in enumerate(["init", "shuffle", "augment"])}
 
 
-def init_state(engine: Engine, recipe, spec) -> dict:
-    """Step 0: every model at the same θ0, fresh optimizer states, nothing diverged."""
-    model = build_model(recipe.model, spec.num_classes)
-    theta0 = init_params(model, rng_streams(recipe.seed)["init"], spec.image_shape)
+def initial_params(network: Network, seed: int, image_shape) -> Any:
+    """θ0 from the run's seed, in the run's precision."""
+    theta0 = network.init(rng_streams(seed)["init"], tuple(image_shape))
     # flax initializes float32 parameters; under train.precision float64 they are widened
-    theta0 = jax.tree.map(lambda a: a.astype(data_lib.float_dtype()), theta0)
-    return lockstep_state(engine, jnp.zeros((), jnp.int32), theta0, engine.optimizer.init(theta0))
+    return jax.tree.map(lambda a: a.astype(data_lib.float_dtype()), theta0)
 
 
-def lockstep_state(engine: Engine, step, theta, opt_state) -> dict:
+def lockstep_state(engine: Engine, step, theta, opt_state) -> LockstepState:
     """Every model at θ with the optimizer state `opt_state`, nothing diverged, from `step`."""
     copy = lambda tree: jax.tree.map(jnp.copy, tree)
-    state = {
-        "step": jnp.asarray(step, jnp.int32),
-        "theta0": theta,
-        # Separate buffers per model: the step donates its state, and donated buffers must be distinct.
-        "params": {n: copy(theta) for n in engine.names},
-        "opt": {n: copy(opt_state) for n in engine.names},
-        "diverged": {n: jnp.zeros((), bool) for n in engine.names},
-        "stats": zero_stats(engine),
-    }
-    centers = {s.name: copy(theta) for s in engine.specs if s.reexpand}
-    if centers:  # only then, so checkpoints of runs without re-expansion keep their layout
-        state["centers"] = centers
-    return state
+    # Separate buffers per model: the step donates its state, and donated buffers must be distinct.
+    return LockstepState(
+        step=jnp.asarray(step, jnp.int32),
+        theta0=theta,
+        params={n: copy(theta) for n in engine.names},
+        opt={n: copy(opt_state) for n in engine.names},
+        diverged={n: jnp.zeros((), bool) for n in engine.names},
+        stats=zero_stats(engine),
+        centers={s.name: copy(theta) for s in engine.specs if s.reexpand},
+    )
+
+
+def fresh_state(engine: Engine, theta0) -> LockstepState:
+    """Step 0: every model at the same θ0, fresh optimizer states, nothing diverged."""
+    return lockstep_state(engine, jnp.zeros((), jnp.int32), theta0, engine.optimizer.init(theta0))
 
 
 def zero_stats(engine: Engine) -> dict:
@@ -216,7 +206,7 @@ def make_train_step(engine: Engine, seed: int) -> Callable:
     aug_keys = [rng_streams(seed, s)["augment"] for s in engine.streams]
 
     def batch(state, perms, train_x, train_y, j):
-        i = state["step"] % engine.steps_per_epoch
+        i = state.step % engine.steps_per_epoch
         perm, weights = perms[j], None
         if engine.keep_last:
             # The last batch of an epoch is partial: padded to the batch size with examples
@@ -226,7 +216,7 @@ def make_train_step(engine: Engine, seed: int) -> Callable:
             position = i * engine.batch_size + jnp.arange(engine.batch_size)
             weights = (position < engine.train_size).astype(data_lib.float_dtype())
         idx = jax.lax.dynamic_slice_in_dim(perm, i * engine.batch_size, engine.batch_size)
-        x = data_lib.augment(jax.random.fold_in(aug_keys[j], state["step"]), train_x[idx],
+        x = data_lib.augment(jax.random.fold_in(aug_keys[j], state.step), train_x[idx],
                              pad=engine.pad, flip=engine.flip, mean=engine.mean, std=engine.std,
                              crop=engine.crop)
         y = train_y[idx]
@@ -235,12 +225,11 @@ def make_train_step(engine: Engine, seed: int) -> Callable:
             y = jax.lax.with_sharding_constraint(y, engine.batch_sharding)
         return x, y, weights
 
-    def step(state, perms, train_x, train_y):
+    def step(state: LockstepState, perms, train_x, train_y):
         perms = perms[None] if perms.ndim == 1 else perms  # one stream: a plain permutation will do
         batches = [batch(state, perms, train_x, train_y, j) for j in range(len(engine.streams))]
         fns = engine.model_fns(state)
-        new = {"params": {}, "opt": {}, "diverged": {}}
-        stats, sums_step = {}, {}
+        params, opts, diverged, sums, stats = {}, {}, {}, {}, {}
         for spec in engine.specs:
             name, fn = spec.name, fns[spec.name]
             x, y, weights = batches[spec.stream]
@@ -249,34 +238,32 @@ def make_train_step(engine: Engine, seed: int) -> Callable:
                 logits = fn(p, x)
                 return engine.loss(logits, y, weights), logits
 
-            params = state["params"][name]
-            (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            updates, opt = engine.optimizer.update(grads, state["opt"][name], params)
-            stepped = optax.apply_updates(params, updates)
+            before = state.params[name]
+            (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(before)
+            updates, opt = engine.optimizer.update(grads, state.opt[name], before)
+            stepped = optax.apply_updates(before, updates)
             finite = jnp.isfinite(loss) & all_finite(stepped)
-            diverged = state["diverged"][name] | ~finite
+            diverged[name] = state.diverged[name] | ~finite
             # A diverged model is frozen where it was, so its last finite state stays inspectable.
-            keep = lambda a, b: jnp.where(diverged, a, b)
-            new["params"][name] = jax.tree.map(keep, params, stepped)
-            new["opt"][name] = jax.tree.map(keep, state["opt"][name], opt)
-            new["diverged"][name] = diverged
+            keep = lambda a, b, d=diverged[name]: jnp.where(d, a, b)
+            params[name] = jax.tree.map(keep, before, stepped)
+            opts[name] = jax.tree.map(keep, state.opt[name], opt)
             hits = (jnp.argmax(logits, -1) == y).astype(loss.dtype)
             correct = jnp.sum(hits) if weights is None else jnp.sum(hits * weights)
             stats[name] = jnp.stack([loss, correct])
             examples = engine.batch_size if weights is None else jnp.sum(weights)
-            # Per step: the minibatch loss and accuracy, and one more minibatch.
-            sums_step[name] = jnp.stack([loss, correct / examples, jnp.ones_like(loss)])
-        # The running sums live in the state, so a checkpoint between evaluations loses nothing.
-        sums = {n: state["stats"][n] + sums_step[n] for n in stats}
-        if "centers" in state:
-            # Moved at the end of the step that reaches a re-expansion point, so the state always
-            # holds the expansion point of the step it is at (evaluations and kernels see it too).
-            since = state["step"] + 1 - engine.start_step
-            new["centers"] = {s.name: jax.tree.map(
-                lambda p, c, s=s: jnp.where(reexpands_at(s.reexpand, since), p, c),
-                new["params"][s.name], state["centers"][s.name])
-                for s in engine.specs if s.reexpand}
-        return {**state, "step": state["step"] + 1, **new, "stats": sums}, stats
+            # Running sums since the last evaluation: the loss, the accuracy, one more minibatch.
+            sums[name] = state.stats[name] + jnp.stack([loss, correct / examples,
+                                                        jnp.ones_like(loss)])
+        # Moved at the end of the step that reaches a re-expansion point, so the state always
+        # holds the expansion point of the step it is at (evaluations and kernels see it too).
+        since = state.step + 1 - engine.start_step
+        centers = {s.name: jax.tree.map(
+            lambda p, c, s=s: jnp.where(reexpands_at(s.reexpand, since), p, c),
+            params[s.name], state.centers[s.name]) for s in engine.specs if s.reexpand}
+        new = state.replace(step=state.step + 1, params=params, opt=opts, diverged=diverged,
+                            stats=sums, centers=centers)
+        return new, stats
 
     return step
 
@@ -289,8 +276,8 @@ def all_finite(tree) -> jax.Array:
 def make_eval_logits(engine: Engine) -> Callable:
     """`logits(state, x) -> {model: logits}` on standardized inputs."""
 
-    def logits(state, x):
+    def logits(state: LockstepState, x):
         fns = engine.model_fns(state)
-        return {n: fn(state["params"][n], x) for n, fn in fns.items()}
+        return {n: fn(state.params[n], x) for n, fn in fns.items()}
 
     return logits

@@ -19,9 +19,10 @@ def make_schedule(optim, steps_per_epoch: int, epochs: int | None = None) -> opt
         return optax.warmup_cosine_decay_schedule(
             0.0, optim.lr, optim.warmup_epochs * steps_per_epoch, total,
             end_value=optim.lr * optim.final_lr_factor)
-    if optim.schedule == "constant" or not optim.decay_epochs:
+    epochs_at = list(optim.decay_epochs) or [f * (epochs or 0) for f in optim.decay_fractions]
+    if optim.schedule == "constant" or not epochs_at:
         return optax.constant_schedule(optim.lr)
-    boundaries = {e * steps_per_epoch: optim.decay_factor for e in optim.decay_epochs}
+    boundaries = {round(e * steps_per_epoch): optim.decay_factor for e in epochs_at}
     return optax.piecewise_constant_schedule(optim.lr, boundaries)
 
 

@@ -14,10 +14,10 @@ import dataclasses
 import jax
 
 from ..errors import RecipeError
+from ..names import FULL, order_of
 from .evaluation import Evaluator
-from .lockstep import FULL, make_eval_logits, make_train_step, order_of
-
-PER_MODEL = ("params", "opt", "diverged", "stats")
+from .lockstep import make_eval_logits, make_train_step
+from .state import PER_MODEL, LockstepState
 
 
 def model_cost(name: str) -> float:
@@ -54,8 +54,9 @@ def _group_step(engine, seed: int):
 
     def step(models, count, theta0, perm, train_x, train_y):
         # θ0 and the step counter stay outside the donated argument: every group reads them.
-        new, stats = inner({**models, "step": count, "theta0": theta0}, perm, train_x, train_y)
-        return {k: new[k] for k in PER_MODEL}, stats
+        new, stats = inner(LockstepState(step=count, theta0=theta0, **models), perm, train_x,
+                           train_y)
+        return {k: getattr(new, k) for k in PER_MODEL}, stats
 
     return jax.jit(step, donate_argnums=0)
 
@@ -86,16 +87,16 @@ class SplitStep:
         new = {k: {} for k in PER_MODEL}
         stats = {}
         for g in self.groups:
-            models = jax.device_put({k: {n: state[k][n] for n in g.names} for k in PER_MODEL},
-                                    g.device)
-            out, s = g.step(models, jax.device_put(state["step"], g.device), g.theta0,
+            sub = state.models(g.names)
+            models = jax.device_put({k: getattr(sub, k) for k in PER_MODEL}, g.device)
+            out, s = g.step(models, jax.device_put(state.step, g.device), g.theta0,
                             self.data["perm"].get(perm, g.device),
                             self.data["x"].get(train_x, g.device),
                             self.data["y"].get(train_y, g.device))
             for k in PER_MODEL:
                 new[k] |= out[k]
             stats |= s
-        return {"step": state["step"] + 1, "theta0": state["theta0"], **new}, stats
+        return state.replace(step=state.step + 1, **new), stats
 
 
 class SplitEvaluator(Evaluator):
@@ -118,7 +119,7 @@ class SplitEvaluator(Evaluator):
 
         out = {}
         for g in self.groups:
-            sub = {"theta0": g.theta0, "params": {n: state["params"][n] for n in g.names}}
+            sub = state.models(g.names).replace(theta0=g.theta0)
             x = self._test_x[g.device]
             parts = [g.logits(sub, x[i:i + self.batch]) for i in range(0, x.shape[0], self.batch)]
             out |= {n: np.concatenate([np.asarray(p[n]) for p in parts])[: self.n]
@@ -127,12 +128,12 @@ class SplitEvaluator(Evaluator):
 
     def _split_geometry(self, state):
         out = {}
-        full = state["params"].get(FULL)
+        full = state.params.get(FULL)
         for g in self.groups:
-            params = {n: state["params"][n] for n in g.names}
+            params = {n: state.params[n] for n in g.names}
             if full is not None and FULL not in params:
                 params[FULL] = jax.device_put(full, g.device)
-            geometry = self._geometry_fn({"theta0": g.theta0, "params": params})
+            geometry = self._geometry_fn(state.replace(theta0=g.theta0, params=params))
             out |= {n: geometry[n] for n in g.names}
         return out
 
@@ -147,10 +148,10 @@ def split_models(engine, seed: int, state, evaluator: Evaluator):
     for names, device in zip(device_groups(engine.names, len(devices)), devices):
         sub = dataclasses.replace(engine, specs=tuple(s for s in engine.specs if s.name in names),
                                   batch_sharding=None)
-        groups.append(Group(names, device, jax.device_put(state["theta0"], device),
+        groups.append(Group(names, device, jax.device_put(state.theta0, device),
                             _group_step(sub, seed), jax.jit(make_eval_logits(sub))))
     for g in groups:
-        state = {**state, **{k: {**state[k], **jax.device_put({n: state[k][n] for n in g.names},
-                                                               g.device)}
-                             for k in PER_MODEL}}
+        placed = jax.device_put({k: getattr(state.models(g.names), k) for k in PER_MODEL},
+                                g.device)
+        state = state.replace(**{k: {**getattr(state, k), **placed[k]} for k in PER_MODEL})
     return SplitStep(groups), state, SplitEvaluator(evaluator, groups)

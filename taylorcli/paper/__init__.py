@@ -1,2 +1,8 @@
-"""The papers' reference tables (Bai et al. 2020; Fort et al. 2020), shipped as package data,
-and settings.csv: which bundled recipe reproduces which of the paper's settings."""
+"""`taylorcli paper NAME`: a whole paper from its manifest (taylorcli/paper/data/NAME.yaml) — planned,
+run here one run after another, or written as a SLURM job array with a report job after it.
+
+manifest.py reads the manifest, plan.py resolves its runs and their costs, folder.py guards the
+output folder, local.py runs the plan here, slurm.py writes the job scripts, status.py reads
+what is done, report.py writes the report the manifest asks for; data/ holds the manifests
+and the papers' reference tables. Only cli.py imports this.
+"""

@@ -13,9 +13,12 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..errors import ReportError
+from ..errors import OwnershipError, ReportError
+from ..files import write_output_file
 from ..recipe import STORAGE_KEYS, Recipe, recipe_to_flat
-from ..run.directory import EPOCH_TOL, Run, load_run
+from ..names import model_kind, parse_model_name
+from ..run.reading import Run, load_run
+from ..run.tables import EPOCH_TOL
 from .tables import check_format, to_csv, to_markdown
 
 METRICS = ("test_acc", "cos_param", "cos_func")
@@ -75,19 +78,14 @@ def model_label(order: int) -> str:
     return "FULL NN" if order == 0 else MODEL_LABELS.get(order, f"ORDER {order} (k={order})")
 
 
-def model_kind(name: str) -> str:
-    """A spawned model's name without its spawn epoch: `order1`, `order1/every10`, `child0`, `full`."""
-    return name.split("/", 1)[1] if name.startswith("spawn@") else name
-
-
 def model_display(name: str, order: int) -> str:
     """A model's row label: the paper's name, with what a spawned run adds (`child0`, `every10`)."""
-    base = model_kind(name)
-    if base in ("full", f"order{order}"):
-        return model_label(order)
-    if base.startswith(f"order{order}/"):
-        return f"{model_label(order)} {base.split('/', 1)[1]}"
-    return base
+    parsed = parse_model_name(name)
+    if parsed is None or parsed.child is not None:
+        return model_kind(name)
+    if parsed.reexpand is not None:
+        return f"{model_label(parsed.order)} {parsed.reexpand[0]}{parsed.reexpand[1]}"
+    return model_label(parsed.order)
 
 
 def value_columns(epochs: Sequence[float]) -> list[str]:
@@ -188,11 +186,27 @@ def compare(paths: Sequence[str | Path], epochs: str | None = None) -> SideBySid
     return result
 
 
+MD_SIGNATURE = "<!-- written by taylorcli compare -->\n"
+
+
 def comparison_text(result: SideBySide, fmt: str) -> str:
     """The comparison as a Markdown document (table and notes) or as CSV (table only)."""
     if check_format(fmt) == "csv":
         return to_csv(result.table)
     notes = "".join(f"- {n}\n" for n in result.notes)
-    return to_markdown(result.table) + (f"\nNotes:\n\n{notes}" if notes else "")
+    return MD_SIGNATURE + to_markdown(result.table) + (f"\nNotes:\n\n{notes}" if notes else "")
+
+
+def write_comparison(path: Path, result: SideBySide, fmt: str) -> Path:
+    """`compare --out FILE`: a new file, or one an earlier `compare` wrote (never the user's,
+    never a device or a link)."""
+    text = comparison_text(result, fmt)
+    signature = MD_SIGNATURE if fmt == "md" else text.split("\n", 1)[0].split(",", 2)
+    if fmt != "md":  # a CSV is recognised by its first two columns, as compare writes them
+        signature = ",".join(signature[:2]) + ","
+    try:
+        return write_output_file(path, text.encode(), signature.encode())
+    except OwnershipError as e:
+        raise ReportError(str(e)) from None
 
 

@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..run.directory import FULL, Run, write_atomic
+from ..files import write_owned
+from ..names import FULL, is_child
+from ..run.reading import Run
 
 WIDTH_IN = 3.5  # one column of a two-column paper
 DPI = 200
@@ -50,7 +52,7 @@ def _subplots(rows: int, cols: int, figsize, dpi: int = DPI, **kwargs):
 def _save(fig, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.02)
-    write_atomic(path, buf.getvalue())
+    write_owned(path, buf.getvalue())
     return path
 
 
@@ -185,7 +187,7 @@ def spawn_figure(parent: Run, summary: pd.DataFrame, children: pd.DataFrame,
         fig, axes = _subplots(1, panels, figsize=(WIDTH_IN * panels / 1.4, 2.3), dpi=DPI,
                                  squeeze=False)
         ax = axes[0, 0]
-        kinds = [k for k in summary["model"].unique() if not k.startswith("child")]
+        kinds = [k for k in summary["model"].unique() if not is_child(k)]
         for i, kind in enumerate(kinds):
             rows = summary[summary["model"] == kind]
             colour = "#000000" if kind == FULL else ORDER_COLOURS[i % len(ORDER_COLOURS)]

@@ -13,11 +13,14 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from ..metrics import cos_func, cosine, func_dist
-from ..recipe import Recipe, replace, setting_key
-from ..run.directory import FULL, Run, read_step_arrays, trains_subset
+from ..names import FULL, model_names
+from ..recipe import Recipe, replace, setting_key, trains_subset
+from ..run.directory import read_step_arrays
+from ..run.reading import Run
 
 # Keys that may differ between the parts of one merged run: which models, where the data and
 # checkpoints live, how evaluation is batched and when; how models are placed on devices.
@@ -76,13 +79,16 @@ def merge_group(runs: Sequence[Run]) -> tuple[Run | None, list[str]]:
             row = run.metrics[(run.metrics["model"] == model) & (run.metrics["step"] == step)]
             row = row.iloc[0].to_dict()
             if full is None:
-                cp = cf = fd = math.nan
+                cp = cf = fd = pd_ = math.nan
             else:
                 # As in training: the full network against itself is 1 once it has moved.
                 cp = 1.0 if model == FULL and step != 0 else cosine(disp[FULL], disp.get(model))
                 cf = cos_func(logits[FULL], logits.get(model))
                 fd = func_dist(logits[FULL], logits.get(model))
-            rows.append({**row, "cos_param": cp, "cos_func": cf, "func_dist": fd})
+                pd_ = float(np.linalg.norm(np.asarray(disp[FULL], np.float64)
+                                           - np.asarray(disp.get(model), np.float64)))
+            rows.append({**row, "cos_param": cp, "cos_func": cf, "func_dist": fd,
+                         "param_dist": pd_})
     metrics = pd.DataFrame(rows, columns=runs[0].metrics.columns)
     metrics = metrics.sort_values(["step", "order"], kind="stable").reset_index(drop=True)
     layers = None
@@ -92,7 +98,7 @@ def merge_group(runs: Sequence[Run]) -> tuple[Run | None, list[str]]:
         layers = pd.concat(parts, ignore_index=True)
     trained = set(owner)
     recipe = runs[0].config
-    every = [FULL] + [f"order{k}" for k in recipe.taylor.orders]
+    every = model_names(recipe.taylor.orders)
     models = None if trained >= set(every) else tuple(m for m in every if m in trained)
     merged = Run(runs[0].path, "+".join(r.name for r in runs), replace(recipe, models=models),
                  metrics, layers, parts=tuple(r.path for r in runs), info=runs[0].info)

@@ -1,6 +1,6 @@
 """`taylorcli report`: every table and figure of the paper regenerated from the runs under a folder.
 
-The paper's numbers ship with the package (taylorcli/paper/); report/reference.py says which
+The paper's numbers ship with the package (taylorcli/paper/data/); report/reference.py says which
 run reproduces which paper setting. Runs of other recipes still get Table 1 and 2 rows, with
 the paper's columns empty. The report reads run directories only.
 """
@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import ReportError, RunDirError
+from .. import __version__
+from ..errors import OwnershipError, ReportError, RunDirError
+from ..files import OwnedFolder, safe_name
 from ..recipe import dump_recipe
-from ..run.directory import Run, find_runs, load_run
+from ..run.reading import Run, find_runs, load_run
 from .figures import closed_form_figure, early_epoch, figure1, figure2, figure3, kernel_figure, \
     theorem1_figure
 from .merge import merge_runs
@@ -103,29 +105,25 @@ TITLE_THEOREM1 = ("Theorem 1: the largest distance ‖f_k − f‖ over training
 
 
 def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    return safe_name(re.sub(r"[^A-Za-z0-9._-]+", "_", name))
 
 
 def write_report(report: Report, fmt: str = "md", results_dir: str | Path = "runs") -> Report:
     """Write figures, recipes and tables (report.md, or runs.csv, table1-4.csv, notes.txt) to report.out."""
     check_format(fmt)
     out = report.out
-    try:
-        (out / "figures").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ReportError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    claim_report_folder(out)
     for r in report.runs:
-        figs = [figure2(r, out / "figures" / f"figure2_{_slug(r.name)}.png")]
-        if r.layers is not None:
-            figs.append(figure3(r, out / "figures" / f"figure3_{_slug(r.name)}.png"))
-        fig1 = figure1(r, out / "figures" / f"figure1_{_slug(r.name)}.png")
-        report.figure1[r.name] = fig1
-        report.figures[r.name] = figs
-        report.files += figs + ([fig1] if fig1 else [])
-        extra = [kernel_figure(r, out / "figures" / f"kernels_{_slug(r.name)}.png"),
-                 closed_form_figure(r, out / "figures" / f"closed_form_{_slug(r.name)}.png")]
-        report.analysis_figures[r.name] = [f for f in extra if f is not None]
-        report.files += report.analysis_figures[r.name]
+        try:
+            _run_figures(report, r, out / "figures")
+        except (ValueError, IndexError, ZeroDivisionError, FloatingPointError, KeyError) as e:
+            # One run whose numbers cannot be drawn (diverged at step 0, say) costs only its
+            # figures: every other run is still reported.
+            report.figures[r.name], report.figure1[r.name] = [], None
+            report.analysis_figures[r.name] = []
+            report.notes.append(f"{r.name}: figures not drawn ({type(e).__name__}: "
+                                f"{' '.join(str(e).split())[:120]})")
+    for r in report.runs:
         # A merged run's recipe is its parts' recipe with their models together.
         text = dump_recipe(r.config) if r.parts else (r.path / "recipe.yaml").read_text()
         report.files.append(write_text(out / "recipes" / f"{_slug(r.name)}.yaml", text))
@@ -144,13 +142,37 @@ def write_report(report: Report, fmt: str = "md", results_dir: str | Path = "run
     return report
 
 
+def _run_figures(report: Report, r: Run, figures: Path) -> None:
+    """Figures 1-3 and the analyses' figures of one run."""
+    figs = [figure2(r, figures / f"figure2_{_slug(r.name)}.png")]
+    if r.layers is not None:
+        figs.append(figure3(r, figures / f"figure3_{_slug(r.name)}.png"))
+    fig1 = figure1(r, figures / f"figure1_{_slug(r.name)}.png")
+    report.figure1[r.name] = fig1
+    report.figures[r.name] = figs
+    report.files += figs + ([fig1] if fig1 else [])
+    extra = [kernel_figure(r, figures / f"kernels_{_slug(r.name)}.png"),
+             closed_form_figure(r, figures / f"closed_form_{_slug(r.name)}.png")]
+    report.analysis_figures[r.name] = [f for f in extra if f is not None]
+    report.files += report.analysis_figures[r.name]
+
+
+def claim_report_folder(out: Path) -> None:
+    """Make --out the report's own folder (report.json), or refuse a folder of the user's."""
+    try:
+        OwnedFolder(out, "report.json").claim({"kind": "report", "taylorcli": __version__},
+                                              "a taylorcli report folder")
+    except OwnershipError as e:
+        raise ReportError(str(e)) from None
+
+
 def markdown(report: Report, results_dir: str | Path) -> str:
     """The whole report as one Markdown document, figures linked relative to it."""
     runs = report.runs
     parts = [
         "# Taylorized training: tables and figures from runs\n",
         f"From the {len(runs)} run(s) under `{Path(results_dir).as_posix()}`, with the numbers of "
-        f"Bai et al. (2020) (shipped in `taylorcli/paper/`) beside ours. Accuracies and cosines are on the "
+        f"Bai et al. (2020) (shipped in `taylorcli/paper/data/`) beside ours. Accuracies and cosines are on the "
         f"test set. \"Final\" is a run's last evaluation (its last epoch if incomplete). Tables 3 "
         f"and 4 take each value at the requested epoch, or at the nearest earlier evaluated "
         f"epoch, which the `epoch_epN` columns show. Each run's resolved recipe is in "
@@ -190,14 +212,15 @@ def markdown(report: Report, results_dir: str | Path) -> str:
                  "accuracy, cos_param and cos_func against epochs; one line per Taylor order "
                  "k and the full network.\n")
     for r in runs:
-        rel = report.figures[r.name][0].relative_to(report.out).as_posix()
-        parts.append(f"![Figure 2, {r.name}]({rel})\n")
+        if report.figures.get(r.name):
+            rel = report.figures[r.name][0].relative_to(report.out).as_posix()
+            parts.append(f"![Figure 2, {r.name}]({rel})\n")
     parts.append("## Figure 3: layer movement\n")
     parts.append("Relative distance from initialization per layer, ‖θ_l − θ_l(0)‖ / "
                  "‖θ_l(0)‖, early in training (epoch 10, as in the paper, or the middle of a "
                  "run of 20 epochs or fewer) and at the end; full network against each order.\n")
     for r in runs:
-        if len(report.figures[r.name]) > 1:
+        if len(report.figures.get(r.name, [])) > 1:
             rel = report.figures[r.name][1].relative_to(report.out).as_posix()
             parts.append(f"![Figure 3, {r.name}: epoch {early_epoch(r):g} and "
                          f"{r.layers['epoch'].max():g}]({rel})\n")

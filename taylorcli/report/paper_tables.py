@@ -6,7 +6,8 @@ import math
 
 import pandas as pd
 
-from ..run.directory import FULL, Run
+from ..names import FULL
+from ..run.reading import Run
 from .compare import epoch_tag, side_by_side, value_columns
 from .reference import Paper, TABLE2_LABELS, architecture, optimizer, paper_order, schedule, \
     setting_differences
@@ -146,7 +147,8 @@ def run_notes(runs: list[Run], t1_settings: dict[str, str], paper: Paper,
         notes.append(f"{name}: skipped ({why})")
     by_table: dict[str, list[str]] = {}
     for table, setting, recipe in missing:
-        by_table.setdefault(table, []).append(f"{setting} (recipes/{recipe}.yaml)")
+        by_table.setdefault(table, []).append(f"{setting} (bundled recipe {recipe}: "
+                                              f"`taylorcli train {recipe}`)")
     for table, settings in by_table.items():
         notes.append(f"{table}: no run of the paper's {', '.join(settings)}")
     return notes

@@ -1,4 +1,4 @@
-"""The papers' reference tables (shipped in taylorcli/paper/) and how a run maps onto them.
+"""The papers' reference tables (shipped in taylorcli/paper/data/) and how a run maps onto them.
 
 settings.csv says which recipe reproduces which paper setting; a run of another recipe still
 matches Tables 1 and 2 when its setting equals a row of Table 1. Table 1's descriptions of a
@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..run.directory import Run
+from ..run.reading import Run
 
 PAPER_FILES = {"table1": "table1_recipes.csv", "table2": "table2_final_test_accuracy.csv",
                "table3": "table3_width.csv", "table4": "table4_lr_parameterization.csv",
@@ -35,7 +35,7 @@ TITLES = {
 
 @dataclass
 class Paper:
-    """The paper's tables as shipped in taylorcli/paper/ (None for a file that is not there)."""
+    """The paper's tables as shipped in taylorcli/paper/data/ (None for a file that is not there)."""
 
     folder: Any
     tables: dict[str, pd.DataFrame | None]
@@ -58,8 +58,8 @@ class Paper:
 
 
 def paper_folder():
-    """The papers' reference tables as shipped in the package (taylorcli/paper/)."""
-    return resources.files("taylorcli.paper")
+    """The papers' reference tables as shipped in the package (taylorcli/paper/data/)."""
+    return resources.files("taylorcli.paper.data")
 
 
 def load_paper(folder=None) -> Paper:

@@ -13,7 +13,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..recipe import setting_key
-from ..run.directory import Run
+from ..run.reading import Run
 
 # Averaged over seeds; the other columns (order, epoch, lr) are the same in every repeat.
 AVERAGED = ("train_loss", "train_acc", "test_loss", "test_acc", "cos_param", "cos_func",

@@ -15,8 +15,11 @@ import numpy as np
 import pandas as pd
 
 from ..errors import RunDirError
-from ..run.directory import FULL, Run, RunDir, load_run, sweep_settings, write_atomic
-from .compare import model_kind
+from ..files import write_owned
+from ..names import model_kind, order_name
+from ..recipe import sweep_settings
+from ..run.directory import RunDir
+from ..run.reading import Run, load_run
 from .tables import to_csv, to_markdown
 
 SUMMARY_COLUMNS = ["spawn_epoch", "model", "order", "epoch", "test_acc", "test_err",
@@ -41,7 +44,7 @@ def summary_rows(parent: Run, run: Run) -> list[dict]:
     rows = []
     for model, row in final.iterrows():
         kind = model_kind(model)
-        twin = FULL if row["order"] == 0 else f"order{int(row['order'])}"
+        twin = order_name(int(row["order"]))
         rows.append({
             "spawn_epoch": run.config.spawn.epoch, "model": kind, "order": int(row["order"]),
             "epoch": float(row["epoch"]), "test_acc": float(row["test_acc"]),
@@ -97,12 +100,12 @@ def summarize(parent_dir: str | Path, out: str | Path) -> SpawnSummary:
     children = pd.DataFrame([row for r in runs for row in children_rows(r)],
                             columns=CHILDREN_COLUMNS)
     result.summary, result.children = summary, children
-    write_atomic(out / "spawn.csv", to_csv(summary).encode())
+    write_owned(out / "spawn.csv", to_csv(summary).encode())
     result.files.append(out / "spawn.csv")
     if not children.empty:
-        write_atomic(out / "children.csv", to_csv(children).encode())
+        write_owned(out / "children.csv", to_csv(children).encode())
         result.files.append(out / "children.csv")
-    write_atomic(out / "spawn.md", markdown(parent, summary, children).encode())
+    write_owned(out / "spawn.md", markdown(parent, summary, children).encode())
     result.files.append(out / "spawn.md")
     if not summary.empty:
         from .figures import spawn_figure

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ReportError
-from ..run.directory import write_atomic
+from ..files import write_owned
 
 FORMATS = ("md", "csv")
 
@@ -110,10 +110,10 @@ def to_rich(table: pd.DataFrame, title: str):
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    """Write a file atomically, or raise ReportError naming --out."""
+    """Write a file of a taylorcli folder atomically (files.py's rule), or one line why not."""
     path = Path(path)
     try:
-        write_atomic(path, text.encode())
+        write_owned(path, text.encode())
     except OSError as e:
         raise ReportError(f"--out {path}: cannot write there ({e.strerror or e})") from None
     return path

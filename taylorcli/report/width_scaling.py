@@ -18,7 +18,8 @@ import pandas as pd
 
 from ..metrics import fit_slope
 from ..recipe import setting_key
-from ..run.directory import Run
+from ..names import is_child
+from ..run.reading import Run
 
 COLUMNS = ["group", "order", "width", "max_func_dist", "slope", "bound_slope"]
 # Besides the storage keys (recipe.STORAGE_KEYS), what may differ within a group.
@@ -53,7 +54,7 @@ def scaling_table(group: Sequence[Run]) -> pd.DataFrame:
     for run in group:
         m = run.metrics
         for order in sorted(o for o in m["order"].unique() if o > 0):
-            dist = m.loc[(m["order"] == order) & ~m["model"].astype(str).str.startswith("child"),
+            dist = m.loc[(m["order"] == order) & ~m["model"].astype(str).map(is_child),
                          "func_dist"]
             rows.append({"group": name, "order": int(order), "width": run.config.model.width,
                          "max_func_dist": float(dist.max()) if len(dist) else math.nan})

@@ -3,30 +3,51 @@
 At every evaluation point the loop calls each analysis with the state and the point; the
 analysis returns its table's rows, and writes any arrays through the run directory it was
 given. The loop writes the table (`analysis.file`, `analysis.columns`) and, on resume, hands
-back the rows it already had. Which analyses a recipe asks for is decided by the caller of
-the loop (`taylorcli.analyses.requested`), so this layer never imports them.
+back the rows it already had. Which analyses a recipe asks for is decided one layer up
+(`taylorcli.analyses.training`, the one function every entry point trains through), so this
+layer never imports them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
+from ..data import Dataset, DatasetSpec
+from ..engine.evaluation import Evaluator
+from ..engine.lockstep import Engine
+from ..engine.setup import Setup
+from ..engine.state import LockstepState
+from ..recipe import Recipe
 from .directory import RunDir
 
 
 @dataclass(frozen=True)
 class RunContext:
-    """What an analysis may use: the run's recipe, data, engine, evaluator and directory."""
+    """What an analysis may use: the run's setup, the engine as placed on the devices, the
+    evaluator (test set, logits), the run directory, the evaluation steps and the schedule."""
 
-    recipe: Any  # the Recipe
-    ds: Any  # the loaded Dataset
-    spec: Any  # its DatasetSpec
-    engine: Any  # the lockstep Engine
-    evaluator: Any  # the Evaluator (test set, logits)
+    setup: Setup
+    engine: Engine
+    evaluator: Evaluator
     run: RunDir
     points: list[int]  # evaluation steps
     schedule: Callable[[int], float]  # learning rate per step
+
+    @property
+    def recipe(self) -> Recipe:
+        """The run's resolved recipe."""
+        return self.setup.recipe
+
+    @property
+    def ds(self) -> Dataset:
+        """The loaded dataset."""
+        return self.setup.data
+
+    @property
+    def spec(self) -> DatasetSpec:
+        """The dataset's shapes and constants."""
+        return self.setup.spec
 
 
 @dataclass(frozen=True)
@@ -44,13 +65,9 @@ class Analysis(Protocol):
     file: str  # its table in the run directory, e.g. "kernels.csv"
     columns: list[str]
 
-    def __call__(self, state: dict, point: Point) -> list[dict]:
+    def __call__(self, state: LockstepState, point: Point) -> list[dict]:
         """The table's new rows at this point."""
 
 
 AnalysisFactory = Callable[[RunContext], list[Analysis]]
 
-
-def no_analyses(context: RunContext) -> list[Analysis]:
-    """For recipes that ask for none (and for callers that only train)."""
-    return []

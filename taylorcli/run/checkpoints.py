@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from orbax.checkpoint import checkpoint_managers as policies
 
 from ..engine.devices import data_mesh
+from ..engine.state import LockstepState
 from ..errors import CheckpointError
 
 DIGEST = "taylorcli_digest.json"
@@ -118,6 +119,8 @@ class Checkpoints:
     def save(self, step: int, state, meta: dict) -> None:
         """Start saving `state` at `step` (asynchronously; `wait` makes it durable)."""
         self.wait()  # the previous save, signed before the next begins
+        # Stored in the dict layout of earlier versions, so their runs still resume.
+        state = state.as_dict() if isinstance(state, LockstepState) else state
         self._check_room(state)
         with self._lock:
             self._unsigned.append(step)
@@ -185,7 +188,10 @@ class Checkpoints:
         return None
 
     def restore(self, step: int, like) -> tuple[dict, dict]:
-        """The state and metadata saved at `step`, shaped like the pytree `like`."""
+        """The state and metadata saved at `step`, shaped like `like` (a pytree or a LockstepState)."""
+        if isinstance(like, LockstepState):
+            state, meta = self.restore(step, like.as_dict())
+            return LockstepState.from_dict(state), meta
         # With several processes the arrays come back as global arrays, replicated on the mesh.
         sharding = (NamedSharding(data_mesh(), PartitionSpec()) if jax.process_count() > 1
                     else None)

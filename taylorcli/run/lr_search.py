@@ -11,7 +11,6 @@ verdict per rate) and lr_curves.csv (every step's loss) into its own folder.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +22,11 @@ import pandas as pd
 from .. import data as data_lib
 from ..engine.costs import check_fits
 from ..engine.devices import check_batch
-from ..engine.lockstep import FULL, ModelSpec, build_engine, epoch_permutation, init_state, \
-    make_train_step
-from ..errors import RecipeError, RunDirError
+from ..engine.full_alone import train_full_alone
+from ..engine.setup import Setup, build_setup
+from ..errors import OwnershipError, RecipeError, RunDirError
 from ..metrics import loss_curve_verdict
+from ..names import FULL
 from ..recipe import Recipe, recipe_from_dict, recipe_to_dict
 from .directory import RunDir
 
@@ -60,31 +60,28 @@ def trial_recipe(recipe: Recipe, lr: float, epochs: int) -> Recipe:
     return recipe_from_dict(raw, f"--lrs {lr:g}")
 
 
-def initial_loss(engine, state, ds) -> float:
+def initial_loss(setup: Setup, theta0) -> float:
     """The loss at θ0 over the whole training set (standardized, not augmented)."""
+    ds, engine = setup.data, setup.engine
     x = data_lib.standardize(jnp.asarray(ds.train_x), mean=ds.mean, std=ds.std)
     total = 0.0
     for i in range(0, len(ds.train_y), 1000):
-        logits = engine.apply(state["theta0"], x[i:i + 1000])
+        logits = engine.apply(theta0, x[i:i + 1000])
         total += float(engine.loss(logits, jnp.asarray(ds.train_y[i:i + 1000]))) * len(logits)
     return total / len(ds.train_y)
 
 
-def losses_at(recipe: Recipe, ds, spec) -> tuple[float, np.ndarray]:
+def losses_at(setup: Setup) -> tuple[float, np.ndarray]:
     """The loss at θ0, and every step's minibatch training loss of the full network trained by
-    `recipe`."""
-    engine = dataclasses.replace(build_engine(recipe, spec), specs=(ModelSpec(FULL),))
-    state = init_state(engine, recipe, spec)
-    start = initial_loss(engine, state, ds)
-    step_fn = jax.jit(make_train_step(engine, recipe.seed), donate_argnums=0)
-    train_x, train_y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
-    spe, perm, losses = engine.steps_per_epoch, None, []
-    for step in range(recipe.train.epochs * spe):
-        if step % spe == 0:
-            perm = epoch_permutation(recipe.seed, step // spe, len(ds.train_y))
-        state, stats = step_fn(state, perm, train_x, train_y)
-        losses.append(stats[FULL][0])
-    return start, np.asarray(jax.device_get(losses), np.float64)
+    the setup's recipe (alone)."""
+    state = setup.initial_state()
+    start = initial_loss(setup, state.theta0)
+    recipe = setup.recipe
+    _, losses = train_full_alone(setup.engine, recipe.seed, state.params[FULL],
+                                 state.opt[FULL], 0, recipe.train.epochs *
+                                 setup.engine.steps_per_epoch, setup.data.train_x,
+                                 setup.data.train_y)
+    return start, losses
 
 
 def claim_folder(out: Path) -> RunDir:
@@ -95,11 +92,10 @@ def claim_folder(out: Path) -> RunDir:
             raise RunDirError(f"--out {out}: holds a taylorcli run, not a learning-rate search; "
                               f"choose another --out")
         return folder
-    if out.exists() and (not out.is_dir() or any(not e.name.startswith(".") for e in out.iterdir())):
-        raise RunDirError(f"--out {out}: exists and is not a learning-rate search's folder (no "
-                          f"run.json); choose a new or empty folder")
-    folder.prepare()
-    folder.create({"kind": "lr_search"})
+    try:
+        folder.folder.claim({"kind": "lr_search"}, "a learning-rate search's folder")
+    except OwnershipError as e:
+        raise RunDirError(str(e)) from None
     return folder
 
 
@@ -115,15 +111,16 @@ def lr_search(recipe: Recipe, lrs=DEFAULT_GRID, epochs: int = 3, out: str | Path
     out = Path(out) if out is not None else Path("runs") / f"{recipe.name}_lr_search"
     ds = data_lib.load_for_recipe(recipe)
     recipe = data_lib.with_data_stats(recipe, ds)
-    spec = data_lib.spec_of(ds)
     trials = [trial_recipe(recipe, lr, epochs) for lr in lrs]
     check_batch(trials[0], ds, "recipe")
-    check_fits(trials[0], spec, "recipe")
-    folder = claim_folder(out)  # only once the recipe and data are known to work
     rows, curves = [], []
     with jax.enable_x64(recipe.train.precision == "float64"):
+        first = build_setup(trials[0], ds)  # the network built once; each rate its own optimizer
+        check_fits(first, "recipe")
+        folder = claim_folder(out)  # only once the recipe and data are known to work
         for trial in trials:
-            start, losses = losses_at(trial, ds, spec)
+            setup = first.with_recipe(trial)
+            start, losses = losses_at(setup)
             v = loss_curve_verdict(losses, start)
             rows.append({"lr": trial.optim.lr, "stable": v["stable"], "reason": v["reason"],
                          "initial_loss": v["first"], "last_window_loss": v["last"],

@@ -10,71 +10,66 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-
-from ..engine.lockstep import FULL, ModelSpec, build_engine, epoch_permutation, init_state, \
-    lockstep_state, make_train_step
+from ..engine.full_alone import train_full_alone
+from ..engine.lockstep import lockstep_state
+from ..engine.setup import Setup, build_setup
+from ..engine.state import LockstepState
 from ..errors import CheckpointError
-from ..recipe import Recipe
+from ..names import FULL
 from .checkpoints import Checkpoints
 from .directory import RunDir
 
 
-def initial_state(engine, recipe: Recipe, spec, ds) -> dict:
+def initial_state(setup: Setup) -> LockstepState:
     """The state a new run starts from: θ0 from the seed, or a parent's network for a spawned run."""
-    if recipe.spawn.parent is None:
-        return init_state(engine, recipe, spec)
-    return spawned_state(engine, recipe, spec, ds)
+    if setup.recipe.spawn.parent is None:
+        return setup.initial_state()
+    return spawned_state(setup)
 
 
-def spawned_state(engine, recipe: Recipe, spec, ds) -> dict:
+def parent_setup(setup: Setup) -> Setup:
+    """The parent run's setup, on the same loaded data and network (a spawned run keeps both)."""
+    parent = RunDir(Path(setup.recipe.spawn.parent)).read_recipe()
+    return build_setup(parent, setup.data, setup.model)
+
+
+def spawned_state(setup: Setup) -> LockstepState:
     """Every model of a spawned run at the parent's full network and optimizer state at step E."""
-    parent_dir = Path(recipe.spawn.parent)
-    parent = RunDir(parent_dir).read_recipe()
-    step = engine.start_step
-    theta, opt, at = parent_network(parent, parent_dir, spec, step, ds)
+    parent = parent_setup(setup)
+    step = setup.engine.start_step
+    theta, opt, at = parent_network(parent, Path(setup.recipe.spawn.parent), step)
     if at < step:
-        theta, opt = replay(parent, spec, ds, theta, opt, at, step)
-    return lockstep_state(engine, step, theta, opt)
+        theta, opt = replay(parent, theta, opt, at, step)
+    return lockstep_state(setup.engine, step, theta, opt)
 
 
-def parent_network(parent: Recipe, parent_dir: Path, spec, step: int, ds=None):
+def parent_network(parent: Setup, parent_dir: Path, step: int):
     """The parent's full network and optimizer state at its newest checkpoint at or before `step`."""
-    engine = build_engine(parent, spec)
     ckpts = Checkpoints(parent_dir / "checkpoints", read_only=True)
     try:
-        like = jax.eval_shape(lambda: init_state(engine, parent, spec))
-        found = ckpts.restore_latest(like, at_most=step)
+        found = ckpts.restore_latest(parent.abstract_state, at_most=step)
     finally:
         ckpts.close()
     if found is None:  # a run starts from its seed, a spawned one from its own parent
-        state = (init_state(engine, parent, spec) if parent.spawn.parent is None
-                 else spawned_state(engine, parent, spec, ds))
-        return state["params"][FULL], state["opt"][FULL], int(state["step"])
+        state = initial_state(parent)
+        return state.params[FULL], state.opt[FULL], int(state.step)
     at, state, _ = found
-    if bool(state["diverged"][FULL]):
+    if bool(state.diverged[FULL]):
         raise CheckpointError(f"{parent_dir}: the parent's full network had diverged by step "
                               f"{at}; spawn from an earlier epoch")
-    return state["params"][FULL], state["opt"][FULL], at
+    return state.params[FULL], state.opt[FULL], at
 
 
-def replay(parent: Recipe, spec, ds, theta, opt, start: int, stop: int):
+def replay(parent: Setup, theta, opt, start: int, stop: int):
     """Train the parent's full network alone from step `start` to `stop`, on its own data order.
 
     This is how spawning works from epochs that were not checkpointed; it equals the parent's
-    trajectory up to floating-point reordering (the full network's update ignores the others).
+    trajectory up to floating-point reordering.
     """
-    engine = dataclasses.replace(build_engine(parent, spec), specs=(ModelSpec(FULL),))
-    state = lockstep_state(engine, start, theta, opt)
-    step_fn = jax.jit(make_train_step(engine, parent.seed), donate_argnums=0)
-    train_x, train_y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
-    spe, perm = engine.steps_per_epoch, None
-    for step in range(start, stop):
-        if perm is None or step % spe == 0:
-            perm = epoch_permutation(parent.seed, step // spe, len(ds.train_y))
-        state, _ = step_fn(state, perm, train_x, train_y)
-    if bool(state["diverged"][FULL]):
-        raise CheckpointError(f"the parent ({parent.name}) diverged when replayed to step "
-                              f"{stop}; spawn from an earlier epoch")
-    return state["params"][FULL], state["opt"][FULL]
+    engine = dataclasses.replace(parent.engine, batch_sharding=None)
+    state, _ = train_full_alone(engine, parent.recipe.seed, theta, opt, start, stop,
+                                parent.data.train_x, parent.data.train_y)
+    if bool(state.diverged[FULL]):
+        raise CheckpointError(f"the parent ({parent.recipe.name}) diverged when replayed to "
+                              f"step {stop}; spawn from an earlier epoch")
+    return state.params[FULL], state.opt[FULL]

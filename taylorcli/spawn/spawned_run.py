@@ -14,10 +14,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from ..engine.lockstep import FULL
 from ..engine.optimizer import make_optimizer
 from ..errors import RecipeError
 from ..recipe import Recipe, recipe_from_dict, recipe_to_dict
+from ..names import FULL
 from ..run.directory import RunDir
 
 # What a spawned run may not change: the parent's state would not fit it, or its data order.

@@ -12,10 +12,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..analyses.requested import requested
-from ..errors import RecipeError, RunDirError
-from ..run.directory import RunDir, sweep_settings
-from ..run.loop import train
+from ..analyses.training import train_recipe
+from ..errors import OwnershipError, RecipeError, RunDirError
+from ..files import OwnedFolder
+from ..recipe import sweep_settings
 from .spawned_run import parent_recipe, spawn_recipe
 
 MAX_INTERVAL = 2**31 - 1  # re-expansion intervals are counted in int32 steps
@@ -69,10 +69,10 @@ def reexpansion(text: str | None) -> tuple[list[int], list[int]]:
 
 def claim_sweep_folder(out: Path, settings: dict) -> None:
     """Make `out` this sweep's folder, or refuse a folder that is another sweep, a run, or the user's."""
-    folder = RunDir(out)
+    folder = OwnedFolder(out, "run.json")
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out}: is a file, not a folder; choose a new folder")
-    info = folder.read_info() if folder.is_run() else None
+    info = folder.read_marker() if folder.is_owned() else None
     if info is not None:
         if info.get("kind") != "sweep":
             raise RunDirError(f"--out {out}: holds a taylorcli run, not a spawn sweep; give "
@@ -86,16 +86,16 @@ def claim_sweep_folder(out: Path, settings: dict) -> None:
         return
     # Hidden entries aside: a sweep's array task that is creating the folder this instant has
     # written nothing but its marker's temporary file yet.
-    if out.is_dir() and any(not e.name.startswith(".") for e in out.iterdir()):
-        raise RunDirError(f"--out {out}: exists and is not a spawn sweep's folder (no run.json); "
-                          f"choose a new or empty folder")
-    folder.prepare()
-    folder.create({"kind": "sweep", "sweep": settings})
+    try:
+        folder.claim({"kind": "sweep", "sweep": settings}, "a spawn sweep's folder")
+    except OwnershipError as e:
+        raise RunDirError(str(e)) from None
 
 
 def spawn(parent_dir: str | Path, at: list[float], orders: list[int], *, children: int = 0,
           reexpand: str | None = None, overrides=(), out: str | Path | None = None,
-          progress=None, resume: bool = True, source: str = "spawn") -> SpawnSweep:
+          progress=None, resume: bool = True, source: str = "spawn",
+          model=None) -> SpawnSweep:
     """Spawn from `parent_dir` at each epoch in `at` and train each spawned run."""
     parent = parent_recipe(parent_dir)
     every, doubling = reexpansion(reexpand)
@@ -108,7 +108,7 @@ def spawn(parent_dir: str | Path, at: list[float], orders: list[int], *, childre
     sweep = SpawnSweep(out)
     for recipe in recipes:
         run = out / f"at{recipe.spawn.epoch:g}"
-        train(recipe, str(run), progress, resume=resume, source=source, analyses=requested)
+        train_recipe(recipe, run, progress, resume=resume, source=source, model=model)
         sweep.runs.append(run)
     return sweep
 

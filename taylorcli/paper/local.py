@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import FullDiverged, InputError
-from .folder import claim_folder, write_file
+from .folder import claim_folder, folder, lock, write_file
 from .plan import Plan, PlanRun, plan_csv
 from .report import PaperReport, write_report
 from .status import DONE, failed_path, log_path, run_status
@@ -31,21 +31,16 @@ class LocalResult:
 
 
 def _log(out: Path, run: PlanRun, line: str) -> None:
-    path = log_path(out, run)
-    path.parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(f"{stamp} {line}\n")
+    folder(out).append_line(log_path(out, run).relative_to(out), f"{stamp} {line}")
 
 
 def run_one(plan: Plan, run: PlanRun, out: Path, progress=None) -> None:
     """Train one run of the plan into its folder (continuing it if it is partial)."""
     if run.kind == "train":
-        from ..analyses.requested import requested
-        from ..run.loop import train
+        from ..analyses.training import train_recipe
 
-        train(run.recipe, str(out / run.folder), progress, resume=True, source=run.recipe_arg,
-              analyses=requested)
+        train_recipe(run.recipe, out / run.folder, progress, resume=True, source=run.recipe_arg)
         return
     from ..spawn.sweep import spawn
 
@@ -59,6 +54,11 @@ def run_one(plan: Plan, run: PlanRun, out: Path, progress=None) -> None:
 def run_local(plan: Plan, out: Path, progress=None, say=print) -> LocalResult:
     """Run every unfinished run of the plan here, in order, and write the report."""
     claim_folder(plan, out)
+    with lock(out):
+        return _run_all(plan, out, progress, say)
+
+
+def _run_all(plan: Plan, out: Path, progress, say) -> LocalResult:
     write_file(out, "plan.csv", plan_csv(plan))
     result = LocalResult()
     start = time.perf_counter()
@@ -75,12 +75,13 @@ def run_local(plan: Plan, out: Path, progress=None, say=print) -> LocalResult:
         except (InputError, FullDiverged) as e:
             line = f"taylorcli: error: {e}"
             _log(out, run, line)
-            failed_path(out, run).write_text("2\n" if isinstance(e, InputError) else "3\n")
+            write_file(out, failed_path(out, run).relative_to(out).as_posix(),
+                       "2\n" if isinstance(e, InputError) else "3\n")
             result.failed[run.name] = str(e)
             say(f"[{i + 1}/{len(plan.runs)}] {run.name}: failed: {e}")
             continue
         seconds = time.perf_counter() - t0
-        failed_path(out, run).unlink(missing_ok=True)  # ours: an earlier attempt's record
+        folder(out).remove(failed_path(out, run).relative_to(out))  # an earlier attempt's record
         _log(out, run, f"done in {seconds:.1f} s")
         result.trained[run.name] = seconds
         say(f"[{i + 1}/{len(plan.runs)}] {run.name}: done in {seconds:.1f} s")

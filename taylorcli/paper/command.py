@@ -70,6 +70,7 @@ def plan_action(name: str, scale: str, out: Path, data: str | None, tflops: floa
                    f"evaluations, compilation and data loading are not counted. FLOPs and "
                    f"memory: XLA's analysis of the compiled lockstep step, as `train --dry-run` "
                    f"(compiled here for {jax.default_backend()})")
+    o.lines.append(f"wrote {path}")
     return o
 
 

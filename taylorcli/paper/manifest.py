@@ -1,5 +1,5 @@
 """A paper's manifest: its runs (a recipe plus `--set` values, or a spawn sweep over a run) and
-the reports they feed, as YAML data shipped in taylorcli/paper/NAME.yaml.
+the reports they feed, as YAML data shipped in taylorcli/paper/data/NAME.yaml.
 
     name: bai2020
     title: ...
@@ -18,6 +18,7 @@ A manifest may also be given by path (a YAML file of the same shape).
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -30,6 +31,10 @@ SCALES = ("full", "small")
 REPORTS = ("paper", "spawn")
 CIFAR = ("cifar10", "cifar100")
 _RUN_KEYS = {"name", "recipe", "set", "feeds", "spawn"}
+MAX_RUNS = 1000  # the largest real plan has 13 runs; a plan is resolved and costed run by run
+# Names become folder names, log names and SLURM job names: no spaces, quotes or control
+# characters that a file name, a shell or an #SBATCH line would read differently.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 _SPAWN_KEYS = {"parent", "at", "orders", "children"}
 
 
@@ -71,7 +76,7 @@ class Manifest:
 
 def bundled_papers() -> dict[str, Any]:
     """Name -> manifest file of every paper that ships with taylorcli."""
-    folder = resources.files("taylorcli.paper")
+    folder = resources.files("taylorcli.paper.data")
     return dict(sorted((p.name[:-5], p) for p in folder.iterdir() if p.name.endswith(".yaml")))
 
 
@@ -133,9 +138,9 @@ def _entry(raw: Any, i: int, source: str) -> RunEntry:
         raise PaperError(f"{where}: unknown key {sorted(unknown)[0]!r}; expected "
                          f"{', '.join(sorted(_RUN_KEYS))}")
     name = str(raw["name"])
-    if not name or "/" in name or name.startswith(".") or name in ("report", "logs", "slurm"):
-        raise PaperError(f"{where}: name {name!r}: expected a folder name without '/' (not "
-                         f"report, logs or slurm)")
+    if not _NAME.fullmatch(name) or name in ("report", "logs", "slurm"):
+        raise PaperError(f"{where}: name {name!r}: expected a folder name of letters, digits "
+                         f"and _ . + - (at most 100, not report, logs or slurm)")
     if ("recipe" in raw) == ("spawn" in raw):
         raise PaperError(f"{where} ({name}): expected exactly one of recipe and spawn")
     spawn = _spawn(raw["spawn"], f"{where} ({name}): key spawn") if "spawn" in raw else None
@@ -159,11 +164,23 @@ def load_manifest(name: str, scale: str = "full") -> Manifest:
     if unknown:
         raise PaperError(f"{source}: unknown key {sorted(unknown)[0]!r}; expected name, title, "
                          f"report, runs, small")
+    if len(raw["runs"]) > MAX_RUNS:
+        raise PaperError(f"{source}: {len(raw['runs'])} runs; expected at most {MAX_RUNS} (split "
+                         f"the plan into several manifests)")
+    title = raw.get("title") or ""
+    if not isinstance(title, str) or len(title) > 1000:
+        raise PaperError(f"{source}: key title: expected one line of text (at most 1000 "
+                         f"characters)")
+    paper_name = str(raw.get("name") or Path(str(name)).stem)
+    if not _NAME.fullmatch(paper_name):
+        raise PaperError(f"{source}: key name: {paper_name[:60]!r}: expected letters, digits "
+                         f"and _ . + - (it names the SLURM jobs), at most 100")
     runs = tuple(_entry(r, i, source) for i, r in enumerate(raw["runs"]))
-    names = [r.name for r in runs]
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise PaperError(f"{source}: run name {dup!r} appears twice")
+    seen: set[str] = set()
+    for r in runs:
+        if r.name in seen:
+            raise PaperError(f"{source}: run name {r.name!r} appears twice")
+        seen.add(r.name)
     trains = {r.name for r in runs if r.spawn is None}
     for r in runs:
         if r.spawn is not None and r.spawn.parent not in trains:
@@ -193,7 +210,7 @@ def load_manifest(name: str, scale: str = "full") -> Manifest:
         raise PaperError(f"{source}: key small.runs: expected a mapping of the train runs' "
                          f"names to --set lists, got {extra!r}")
     return Manifest(
-        name=str(raw.get("name") or Path(str(name)).stem), title=str(raw.get("title") or ""),
+        name=paper_name, title=" ".join(title.split()),
         scale=scale, source=source, runs=runs, reports=reports,
         small_cifar=_strings(small.get("cifar"), f"{source}: key small.cifar"),
         small_runs={k: _strings(v, f"{source}: key small.runs.{k}")

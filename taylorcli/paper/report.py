@@ -3,11 +3,11 @@ tables and figures (OUT/report), and each spawn sweep's summary (copied to OUT/r
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, PaperError
+from ..files import write_owned
 from ..report.paper_report import report as paper_report
 from ..report.spawn_summary import summarize
 from .plan import Plan
@@ -49,9 +49,8 @@ def write_report(plan: Plan, out: Path) -> PaperReport:
                 continue
             result.notes += summary.notes
             target = out / "report" / sweep
-            target.mkdir(parents=True, exist_ok=True)
             for name in SWEEP_FILES:
                 if (out / sweep / name).is_file():
-                    shutil.copyfile(out / sweep / name, target / name)
-                    result.files.append(target / name)
+                    result.files.append(write_owned(target / name,
+                                                    (out / sweep / name).read_bytes()))
     return result

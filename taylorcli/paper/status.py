@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import RunDirError
-from ..run.directory import load_run
+from ..run.reading import load_run
 from .plan import Plan, PlanRun
 
 DONE, PARTIAL, MISSING, FAILED = "done", "partial", "missing", "failed"

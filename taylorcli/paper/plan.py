@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, PaperError
+from ..names import FULL, child_name, model_names, spawned_name
 from ..recipe import Recipe, load_named_recipe, resolve_recipe, setting_key
 from .manifest import CIFAR, Manifest, RunEntry
 
@@ -129,7 +130,7 @@ def _recipe(entry: RunEntry, sets: list[str], source: str) -> Recipe:
 def _models(recipe: Recipe) -> list[str]:
     if recipe.models is not None:
         return list(recipe.models)
-    return ["full", *(f"order{k}" for k in recipe.taylor.orders)]
+    return model_names(recipe.taylor.orders)
 
 
 def _steps_per_epoch(recipe: Recipe) -> int:
@@ -183,8 +184,8 @@ def build_plan(manifest: Manifest, data: str | None = None,
                        manifest.source)
         spe = _steps_per_epoch(parent.recipe)
         for e in sp.at:
-            models = ["full", *(f"spawn@{e:g}/order{k}" for k in sp.orders),
-                      *(f"child{i}" for i in range(sp.children))]
+            models = [FULL, *(spawned_name(e, k) for k in sp.orders),
+                      *(child_name(i) for i in range(sp.children))]
             runs.append(PlanRun(f"{entry.name}/at{e:g}", "spawn", f"{entry.name}/at{e:g}",
                                 parent.name, (), cost, entry.feeds, at=e, orders=sp.orders,
                                 children=sp.children, sweep=entry.name, models=models,
@@ -197,6 +198,7 @@ def add_costs(plan: Plan, report=None) -> Plan:
     import jax
 
     from ..engine.costs import step_cost
+    from ..engine.setup import build_setup
 
     seen: dict[str, tuple] = {}
     for run in plan.runs:
@@ -205,7 +207,7 @@ def add_costs(plan: Plan, report=None) -> Plan:
             if report is not None:
                 report(f"compiling {run.name}'s lockstep step ({', '.join(run.models)}) ...")
             with jax.enable_x64(run.recipe.train.precision == "float64"):
-                c = step_cost(run.recipe)
+                c = step_cost(build_setup(run.recipe))
             seen[key] = (c.params, c.flops, c.peak_bytes)
         run.params, run.flops_per_step, run.memory_bytes = seen[key]
     return plan
@@ -248,3 +250,19 @@ def totals(plan: Plan) -> dict:
             "memory_gib": max((r.memory_bytes for r in costed), default=0) / 2**30
             if costed else None}
 
+
+
+_HOST_BYTES: dict[str, int] = {}
+
+
+def host_bytes(recipe: Recipe) -> int:
+    """Bytes a run holds on the host: its training set and its whole state (from abstract
+    shapes, nothing compiled), once per distinct setting."""
+    key = setting_key(recipe, ignore=COST_FREE)
+    if key not in _HOST_BYTES:
+        from ..engine.setup import build_setup
+
+        setup = build_setup(recipe)
+        images = setup.spec.train_size * math.prod(setup.spec.image_shape)
+        _HOST_BYTES[key] = images + setup.state_bytes()[0]
+    return _HOST_BYTES[key]

@@ -1,0 +1,30 @@
+"""scikit-learn's handwritten digits (real data shipped inside scikit-learn: no download), as
+12x12 images with a fixed train/test split: taylorcli's offline default."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .spec import DatasetSpec
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    small = np.round(bunch.images * 255.0 / 16.0).astype(np.uint8)
+    # A 2 px zero border makes 12x12 inputs, so four VALID 3x3 convolutions still leave 4x4.
+    images = np.zeros((small.shape[0], 12, 12, 1), np.uint8)
+    images[:, 2:10, 2:10, 0] = small
+    # The split is fixed (seed 0) so every run and every `seed` sees the same test set.
+    order = np.random.default_rng(0).permutation(small.shape[0])
+    tr, te = order[:1437], order[1437:]
+    labels = bunch.target.astype(np.int32)
+    return images[tr], labels[tr], images[te], labels[te]
+
+
+def digits_spec(arrays: tuple[np.ndarray, ...]) -> DatasetSpec:
+    scaled = arrays[0].astype(np.float64) / 255.0
+    mean = tuple(float(v) for v in scaled.mean(axis=(0, 1, 2)))
+    std = tuple(float(v) for v in scaled.std(axis=(0, 1, 2)))
+    return DatasetSpec("digits", (12, 12, 1), 10, len(arrays[0]), len(arrays[2]), mean, std)
