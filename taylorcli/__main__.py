@@ -5,7 +5,7 @@ def main() -> None:
     """Record SIGTERM/SIGUSR1 before anything slow is imported, then run the command line."""
     from .run import signals  # imports nothing but the standard library
 
-    signals.install()
+    signals.install(watchdog=True)
     from .cli import console_main
 
     console_main()

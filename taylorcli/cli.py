@@ -66,15 +66,19 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 @contextlib.contextmanager
 def _errors(interrupted: str = "interrupted"):
     """Map what a command can end with to one line and its documented exit code."""
+    from .run import signals
+
     try:
         yield
     except InputError as e:
         raise _fail(str(e), BAD_INPUT) from None
     except Stopped as e:
+        signals.handled()
         raise _fail(str(e), STOPPED, kind="stopped") from None
     except FullDiverged as e:
         raise _fail(str(e), FULL_DIVERGED) from None
     except KeyboardInterrupt:
+        signals.handled()
         _ignore_further_interrupts()
         raise _fail(interrupted, INTERRUPTED, kind="stopped") from None
     except SystemExit as e:  # typer's own exits are typer.Exit: this one came from user code
@@ -551,13 +555,14 @@ def _print_final(rows: list[dict]) -> None:
     _console().print(table)
 
 
-def console_main() -> None:
-    """The `taylorcli` console command: stop signals recorded from the start, the CPU
-    convolution default set before JAX starts, usage errors as one line naming the flag."""
+def console_main(watchdog: bool = True) -> None:
+    """The `taylorcli` console command: stop signals handled from the start (with the watchdog
+    that ends a command blocked in native code), the CPU convolution default set before JAX
+    starts, usage errors as one line naming the flag."""
     from .engine import xla_flags
     from .run import signals
 
-    signals.install()  # before anything slow: a SIGTERM during start-up still exits 75
+    signals.install(watchdog)  # before anything slow: a SIGTERM during start-up still exits 75
     xla_flags.apply_defaults()
     try:
         try:
@@ -567,9 +572,14 @@ def console_main() -> None:
             sys.exit(BAD_INPUT)
         code = app(args=args, prog_name="taylorcli", standalone_mode=False)
     except KeyboardInterrupt:
+        signals.handled()
         _ignore_further_interrupts()
         print("taylorcli: stopped: interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED)
+    except Stopped as e:  # a signal while parsing, outside any command's own handling
+        signals.handled()
+        print(f"taylorcli: stopped: {e}", file=sys.stderr)
+        sys.exit(STOPPED)
     except Exception as e:  # Typer's vendored click raises its UsageError family here
         message = getattr(e, "format_message", None)
         if message is None or not hasattr(e, "exit_code"):

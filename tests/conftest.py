@@ -106,7 +106,7 @@ def run_cli(*args, cwd=None) -> Result:
             os.chdir(cwd)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                cli.console_main()
+                cli.console_main(watchdog=False)
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:

@@ -10,8 +10,10 @@ treats the folder as trusted (anyone who can write to it can run code in your ru
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import warnings
 from pathlib import Path
 
 OFF = ("off", "0", "false", "no", "none")
@@ -48,3 +50,26 @@ def enable(recipe) -> Path | None:
     # The evaluation and kernel programs compile in well under JAX's default 1 s threshold.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
     return folder
+
+
+UNREADABLE = "Error reading persistent compilation cache entry"  # JAX's warning, per entry
+
+
+@contextlib.contextmanager
+def unreadable_entries_said_once(folder: Path | None):
+    """JAX warns once per unreadable (corrupted, truncated) cache entry and compiles it again:
+    say it in one line for the whole run instead."""
+    said: list[str] = []
+    with warnings.catch_warnings():
+        original = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if UNREADABLE not in str(message):
+                return original(message, category, filename, lineno, file, line)
+            if not said:
+                said.append(str(message))
+                print(f"taylorcli: warning: compile cache {folder}: entries that cannot be read "
+                      f"(corrupted or truncated) are bypassed and compiled again", file=sys.stderr)
+
+        warnings.showwarning = show
+        yield

@@ -82,9 +82,10 @@ def train_run(recipe: Recipe, out: str, analyses: AnalysisFactory, progress=None
     """
     progress = progress or QuietProgress()
     started = time.monotonic()
-    compile_cache.enable(recipe)
+    cache = compile_cache.enable(recipe)
     # float64 runs switch JAX's x64 mode on for themselves only, not for the caller's process
-    with signals.watching(), jax.enable_x64(recipe.train.precision == "float64"):
+    with signals.watching(), jax.enable_x64(recipe.train.precision == "float64"), \
+            compile_cache.unreadable_entries_said_once(cache):
         primary = processes.is_primary()
         run = RunDir(out) if primary else ReadOnlyRunDir(out)
         existing = run.check_usable() == "run"
@@ -220,8 +221,9 @@ class _Training:
             # A finished run has nothing to requeue; several processes stop at the same step.
             stopping = step < self.total and processes.agree_to_stop(signals.asked(), step)
             if not resumed_here and (self.saves(step) or stopping):
-                self.ckpts.save(step, state, {"step": step, "tables": tables.fingerprints(),
-                                              "wall_time": self.wall_time()})
+                with signals.interrupts_deferred():  # never cut short by the watchdog
+                    self.ckpts.save(step, state, {"step": step, "tables": tables.fingerprints(),
+                                                  "wall_time": self.wall_time()})
             if stopping:
                 with signals.interrupts_deferred():
                     self.ckpts.wait()
@@ -236,6 +238,7 @@ class _Training:
                 jax.block_until_ready(last)
                 startup = time.monotonic() - self.started
                 t0 = time.monotonic()
+                signals.responsive()  # from here the loop answers a stop signal itself
                 self.progress.compiled(step + 1, startup)
             self.progress.step(step + 1, _if_ready(last))
             if self.log is not None:
