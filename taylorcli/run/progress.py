@@ -111,7 +111,7 @@ class RichProgress(PlainProgress):
         self.evals: dict = {}
         self.step_now = first_step
         self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=False)
-        self.live.start()
+        self.live.start(refresh=True)
 
     def compiled(self, step: int, startup_s: float) -> None:
         """Start counting the rate."""
@@ -128,13 +128,13 @@ class RichProgress(PlainProgress):
             found = self._newest_ready()
             if found is not None:
                 self.loss = {n: float(v[0]) for n, v in found[1].items()}
-            self.live.update(self._table())
+            self.live.update(self._table(), refresh=True)
 
     def evaluation(self, step: int, epoch: float, rows: list[dict]) -> None:
         """Show the newest evaluation of every model."""
         self.step_now = step
         self.evals = {r["model"]: r for r in rows}
-        self.live.update(self._table())
+        self.live.update(self._table(), refresh=True)
 
     def finish(self, message: str) -> None:
         """Close the display and print the closing line."""
@@ -145,7 +145,7 @@ class RichProgress(PlainProgress):
         """Show the last state and stop the live display (it hides the cursor while it runs)."""
         live = getattr(self, "live", None)
         if live is not None and live.is_started:
-            live.update(self._table())
+            live.update(self._table(), refresh=True)
             live.stop()
 
     def _table(self) -> Table:
