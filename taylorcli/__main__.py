@@ -3,8 +3,9 @@
 
 def main() -> None:
     """Record SIGTERM/SIGUSR1 before anything slow is imported, then run the command line."""
-    from .run import signals  # imports nothing but the standard library
+    from .run import signals, startup  # import nothing but the standard library
 
+    startup.mark_launch()
     signals.install(watchdog=True)
     from .cli import console_main
 

@@ -87,9 +87,11 @@ def test_lockstep_steps_match_hand_sgd(tiny_recipe):
     ds, spec, engine, state, step_fn, train_x, train_y = lockstep(recipe)
     assert engine.steps_per_epoch == 2
 
-    # θ0 is the recipe's initialization, shared by every model.
+    # θ0 is the recipe's initialization (its init key through the network's init, compiled as
+    # one program), shared by every model.
     model = build_network(recipe.model, spec.num_classes)
-    theta0 = init_params(model, rng_streams(recipe.seed)["init"], spec.image_shape)
+    theta0 = jax.jit(model.init, static_argnums=1)(rng_streams(recipe.seed)["init"],
+                                                   tuple(spec.image_shape))
     for name in ("full", "order1", "order2"):
         for a, b in zip(jax.tree.leaves(state.params[name]), jax.tree.leaves(theta0)):
             np.testing.assert_array_equal(a, b)

@@ -91,7 +91,7 @@ def test_the_done_line_says_how_long_starting_and_training_took(tiny_run):
     printed = (tiny_run.parent / "train.out").read_text()
     done = next(line for line in printed.splitlines() if line.startswith("done:"))
     assert re.search(r"trained steps 0\.\.8; starting \(data, model, compilation\) took "
-                     r"[\d.]+ s, training [\d.]+ s, [\d.]+ steps/s", done), done
+                     r"[\d.]+ s, training [\d.]+ s( \([\d.]+ s of it evaluating\))?, [\d.]+ steps/s", done), done
 
 
 def test_the_api_prints_concise_progress_unless_asked_not_to(tmp_path, capsys):

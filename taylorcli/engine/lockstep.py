@@ -156,7 +156,9 @@ def rng_streams(seed: int, stream: int = 0) -> dict[str, jax.Array]:
 
 def initial_params(network: Network, seed: int, image_shape) -> Any:
     """θ0 from the run's seed, in the run's precision."""
-    theta0 = network.init(rng_streams(seed)["init"], tuple(image_shape))
+    # One compiled program instead of one per initializer call (each a cache lookup at start).
+    init = jax.jit(network.init, static_argnums=1)
+    theta0 = init(rng_streams(seed)["init"], tuple(image_shape))
     # flax initializes float32 parameters; under train.precision float64 they are widened
     return jax.tree.map(lambda a: a.astype(data_lib.float_dtype()), theta0)
 

@@ -39,12 +39,12 @@ from ..names import FULL
 from ..recipe import Recipe, dump_recipe, trains_subset
 from . import signals
 from .analysis import AnalysisFactory, Point, RunContext
-from .checkpoints import Checkpoints
 from .directory import ReadOnlyRunDir, RunDir
 from .progress import QuietProgress
 from .resume import check_same_recipe, record_changes
 from .schedule import checkpoint_steps, evaluation_steps
 from .start import initial_state
+from .startup import StartupClock
 from .tables import LAYERS_COLUMNS, METRICS_COLUMNS, Tables
 
 
@@ -81,7 +81,7 @@ def train_run(recipe: Recipe, out: str, analyses: AnalysisFactory, progress=None
     caller's own network object, when the recipe does not name one by import path.
     """
     progress = progress or QuietProgress()
-    started = time.monotonic()
+    clock = StartupClock()
     cache = compile_cache.enable(recipe)
     # float64 runs switch JAX's x64 mode on for themselves only, not for the caller's process
     with signals.watching(), jax.enable_x64(recipe.train.precision == "float64"), \
@@ -95,8 +95,10 @@ def train_run(recipe: Recipe, out: str, analyses: AnalysisFactory, progress=None
         recipe = data_lib.with_data_stats(recipe, ds)  # written into recipe.yaml, as run
         changes = check_same_recipe(run, recipe) if existing and resume else []
         check_batch(recipe, ds, source)
+        clock.mark("data")
         setup = build_setup(recipe, ds, model)  # the network built and inspected once per run
         check_fits(setup, source)
+        clock.mark("model")
         _stop_if_asked("loading the data")
         run.prepare()
         lock = FolderLock(run.path) if primary else _NoLock()
@@ -104,8 +106,7 @@ def train_run(recipe: Recipe, out: str, analyses: AnalysisFactory, progress=None
         try:
             if not existing:  # the marker first: everything after is written into a run
                 run.create(run_info(setup))
-            return _Training(setup, run, progress, analyses, started).go(existing, resume,
-                                                                         changes)
+            return _Training(setup, run, progress, analyses, clock).go(existing, resume, changes)
         finally:
             lock.release()
 
@@ -120,10 +121,10 @@ class _Training:
     """One run of the loop: its engine on the devices, checkpoints, tables and clock."""
 
     def __init__(self, setup: Setup, run: RunDir, progress, analyses: AnalysisFactory,
-                 started: float):
+                 clock: StartupClock):
         self.setup, self.run, self.progress, self.analyses = setup, run, progress, analyses
         self.recipe = recipe = setup.recipe
-        self.started = started
+        self.clock = clock
         self.mesh = None if recipe.train.split_models else data_mesh()
         self.engine = dataclasses.replace(setup.engine, batch_sharding=batch_sharding(self.mesh))
         spe = self.engine.steps_per_epoch
@@ -132,20 +133,27 @@ class _Training:
         self.points = evaluation_steps(recipe, spe)
         self.saves = checkpoint_steps(recipe, spe)
         self.notes: list[str] = []
-        self.ckpts = self._checkpoints()
+        self._ckpts = None  # opened on first use: orbax is imported only when a run saves
         self.wall_base = 0.0  # seconds the run had taken before this process (a resume)
-        self.clock = time.monotonic()
+        self.wall_start = time.monotonic()
         self.log = None  # TensorBoard, when the recipe asks (process 0 only)
 
-    def _checkpoints(self) -> Checkpoints:
-        spe = self.engine.steps_per_epoch
-        c = self.recipe.checkpoint
-        return Checkpoints(self.run.checkpoints_path, c.keep, [e * spe for e in c.keep_epochs],
-                           primary=processes.is_primary())
+    @property
+    def ckpts(self):
+        """The run's checkpoints folder (orbax), opened on first use."""
+        if self._ckpts is None:
+            from .checkpoints import Checkpoints
+
+            spe = self.engine.steps_per_epoch
+            c = self.recipe.checkpoint
+            self._ckpts = Checkpoints(self.run.checkpoints_path, c.keep,
+                                      [e * spe for e in c.keep_epochs],
+                                      primary=processes.is_primary())
+        return self._ckpts
 
     def wall_time(self) -> float:
         """Seconds since the run began, across resumes."""
-        return self.wall_base + time.monotonic() - self.clock
+        return self.wall_base + time.monotonic() - self.wall_start
 
     def go(self, existing: bool, resume: bool, changes: list[str]) -> TrainResult:
         """Restore or start, then train to the end."""
@@ -160,12 +168,12 @@ class _Training:
             else:
                 start, meta = self.engine.start_step, {}
                 state = initial_state(self.setup)  # built before anything is deleted
-                _check_finite_start(self.setup, state)
                 _stop_if_asked("building the models")
                 if existing and not resume:
-                    self.ckpts.close()
+                    if self._ckpts is not None:
+                        self._ckpts.close()
+                        self._ckpts = None  # orbax lists the steps when it opens
                     self.run.clear_results()
-                    self.ckpts = self._checkpoints()  # orbax lists the steps when it opens
                 processes.barrier("cleared")  # no process reads checkpoints process 0 deletes
                 self.run.create(run_info(self.setup))
                 self.run.write_recipe(dump_recipe(self.recipe))
@@ -175,7 +183,8 @@ class _Training:
             with signals.interrupts_deferred():
                 if self.log is not None:
                     self.log.close()
-                self.ckpts.close()
+                if self._ckpts is not None:
+                    self._ckpts.close()
 
     def _restore(self):
         found = self.ckpts.restore_latest(self.setup.abstract_state)
@@ -206,18 +215,33 @@ class _Training:
                         + [(a.file, a.columns) for a in extra])
         if resumed:
             tables.restore(meta.get("tables"), start, spe)
+        self.clock.mark("state")
+        compiling = None
+        if not recipe.train.split_models and start < self.total:
+            # The step compiles (or loads from the cache) while the first evaluation runs.
+            perm = replicate(epoch_permutations(engine, recipe.seed, start // spe,
+                                                len(ds.train_y)), mesh)
+            compiling = _compile_in_background(step_fn, recipe, state, perm, train_x, train_y)
         if recipe.log.tensorboard and processes.is_primary():
             from .tensorboard_log import TensorBoardLog
 
             self.log = TensorBoardLog(run.folder, dump_recipe(recipe), self.schedule,
                                       recipe.log.every_steps, start, resumed)
         self.progress.start(self.total, spe, engine.names, first_step=start)
-        t0, perm, last, startup = time.monotonic(), None, {}, None
+        t0, last, startup = time.monotonic(), {}, None
+        perm = None if compiling is None else perm
         for step in range(start, self.total + 1):
             # A checkpoint at `start` was taken after that step's evaluation and saves.
             resumed_here = resumed and step == start
             if step in self.points and not resumed_here:
+                if startup is not None:  # the steps before it are the training's, not its
+                    jax.block_until_ready(state)
+                began = time.monotonic()
                 state = self._evaluate(state, step, evaluator, tables, extra)
+                if startup is None:
+                    self.clock.mark("first evaluation")
+                else:
+                    self.clock.evaluating += time.monotonic() - began
             # A finished run has nothing to requeue; several processes stop at the same step.
             stopping = step < self.total and processes.agree_to_stop(signals.asked(), step)
             if not resumed_here and (self.saves(step) or stopping):
@@ -233,10 +257,14 @@ class _Training:
             if perm is None or step % spe == 0:
                 perm = replicate(epoch_permutations(engine, recipe.seed, step // spe,
                                                     len(ds.train_y)), mesh)
+            if compiling is not None:
+                step_fn = _compiled_or(step_fn, compiling)
+                compiling = None
             state, last = step_fn(state, perm, train_x, train_y)
             if startup is None:  # once: the time to the first step, compilation included
                 jax.block_until_ready(last)
-                startup = time.monotonic() - self.started
+                self.clock.mark("first step")
+                startup = self.clock.since_launch()
                 t0 = time.monotonic()
                 signals.responsive()  # from here the loop answers a stop signal itself
                 self.progress.compiled(step + 1, startup)
@@ -244,7 +272,13 @@ class _Training:
             if self.log is not None:
                 self.log.step(step + 1, last)
         seconds = time.monotonic() - t0
-        self.progress.finish(_done_line(start, self.total, seconds, startup, run.path))
+        if startup is not None and processes.is_primary():
+            info = run.read_info()
+            info.setdefault("timings", []).append(
+                self.clock.record(start, self.total - start, seconds))
+            run.create(info)
+        self.progress.finish(_done_line(start, self.total, seconds, startup, run.path,
+                                        self.clock.evaluating))
         metrics = tables.rows["metrics.csv"]
         return TrainResult(run, self.total, seconds, metrics[-len(engine.names):],
                            diverged_models(metrics), self.notes, startup)
@@ -271,6 +305,13 @@ class _Training:
         self.progress.evaluation(step, epoch, rows)
         if self.log is not None:
             self.log.evaluation(step, rows)
+        if step == self.engine.start_step and self.recipe.spawn.parent is None and any(
+                r["diverged"] for r in rows if r["model"] == FULL):
+            # At θ0 nothing has trained yet: the network itself gives non-finite logits.
+            raise ModelError(f"key model.arch: {self.setup.network.label} gives non-finite "
+                             f"logits at initialization on the test images (shape "
+                             f"{tuple(self.setup.spec.image_shape)}); is the input too small "
+                             f"for it, or does it divide by zero?")
         if any(r["diverged"] for r in rows if r["model"] == FULL):
             raise FullDiverged(f"the full network diverged by step {step} (epoch {epoch:g}): "
                                f"its loss or parameters are not finite; see "
@@ -278,27 +319,47 @@ class _Training:
         return state
 
 
-def _check_finite_start(setup: Setup, state) -> None:
-    """A network whose logits at θ0 are not finite on real training images cannot train (an
-    input too small for it, a division by zero): say so before step 0, not as a divergence."""
-    ds = setup.data
-    x = data_lib.standardize(jnp.asarray(ds.train_x[:8]), mean=ds.mean, std=ds.std)
-    logits = setup.network.apply(state.params[FULL] if FULL in state.params else state.theta0,
-                                 x)
-    if not bool(jnp.all(jnp.isfinite(logits))):
-        raise ModelError(f"key model.arch: {setup.network.label} gives non-finite logits at "
-                         f"initialization on the training images (shape "
-                         f"{tuple(ds.train_x.shape[1:])}); is the input too small for it, or "
-                         f"does it divide by zero?")
+def _compile_in_background(step_fn, recipe: Recipe, *args):
+    """A thread compiling the step for these arguments' shapes and placement (XLA releases the
+    GIL while it compiles, so the first evaluation runs beside it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def compile_step():
+        # x64 is a thread-local setting: the thread takes the run's precision with it
+        with jax.enable_x64(recipe.train.precision == "float64"):
+            return step_fn.lower(*args).compile()
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="taylorcli-compile")
+    future = pool.submit(compile_step)
+    pool.shutdown(wait=False)
+    return future
 
 
-def _done_line(start: int, total: int, seconds: float, startup: float | None, path) -> str:
+def _compiled_or(step_fn, future):
+    """The step compiled in the background, or the jitted step itself if that did not work."""
+    try:
+        compiled = future.result()
+    except Exception:  # noqa: BLE001 - the jitted step compiles (and says why) on its own
+        return step_fn
+
+    def step(*args):
+        try:
+            return compiled(*args)
+        except TypeError:  # arguments placed or typed otherwise than when it was lowered
+            return step_fn(*args)
+
+    return step
+
+
+def _done_line(start: int, total: int, seconds: float, startup: float | None, path,
+               evaluating: float = 0.0) -> str:
     if startup is None:
         return f"done: nothing left to train (step {total}); results in {path}"
     steps = total - start
     rate = f", {(steps - 1) / seconds:.1f} steps/s" if seconds > 0 and steps > 1 else ""
+    share = f" ({evaluating:.1f} s of it evaluating)" if evaluating else ""
     return (f"done: trained steps {start}..{total}; starting (data, model, compilation) took "
-            f"{startup:.1f} s, training {seconds:.1f} s{rate}; results in {path}")
+            f"{startup:.1f} s, training {seconds:.1f} s{share}{rate}; results in {path}")
 
 
 def _if_ready(tree):
