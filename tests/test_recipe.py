@@ -228,3 +228,19 @@ def test_lee_defaults_are_standard_deviations():
     """sigma_w^2 = 2 and sigma_b^2 = 0.1 (Lee et al.), given as standard deviations."""
     model = recipe_from_dict({}).model
     assert model.w_std ** 2 == pytest.approx(2.0) and model.b_std ** 2 == pytest.approx(0.1)
+
+
+def test_the_fields_table_in_recipes_readme_is_the_schemas():
+    """recipes/README.md's table of every field is what `taylorcli recipes --fields` prints."""
+    from pathlib import Path
+
+    from taylorcli.recipe.document import fields_markdown
+
+    text = (Path(__file__).resolve().parents[1] / "recipes" / "README.md").read_text()
+    start = text.index("<!-- fields: taylorcli recipes --fields -->\n") + len(
+        "<!-- fields: taylorcli recipes --fields -->\n")
+    end = text.index("<!-- end of fields -->")
+    assert text[start:end] == fields_markdown()
+    from taylorcli.recipe.schema import KEYS
+
+    assert all(f"`{key}`" in text for key in KEYS)

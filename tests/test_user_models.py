@@ -289,8 +289,8 @@ def test_spawn_keeps_the_parents_optimizer(tiny_recipe):
 
 
 def _readme_example() -> str:
-    """The notebook example in README.md, between its marker comments."""
-    text = (ROOT / "README.md").read_text()
+    """The notebook example in taylorcli/README.md, between its marker comments."""
+    text = (ROOT / "taylorcli" / "README.md").read_text()
     block = re.search(r"```python\n(# notebook example.*?)```", text, re.S)
     assert block, "README.md has no ```python block starting with '# notebook example'"
     return block.group(1)
@@ -298,7 +298,7 @@ def _readme_example() -> str:
 
 def test_the_readme_notebook_example_runs_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    exec(compile(_readme_example(), "README.md", "exec"), {})
+    exec(compile(_readme_example(), "taylorcli/README.md", "exec"), {})
     assert (tmp_path / "runs" / "digits-short" / "metrics.csv").is_file()
 
 

@@ -43,8 +43,22 @@ def _backend_started() -> bool:
         return False
 
 
+def _gpu_possible(environ=os.environ) -> bool:
+    """Whether JAX may start a GPU backend here: a CUDA or ROCm plugin is installed and
+    JAX_PLATFORMS does not pin the CPU (the CPU flag stays off: a GPU run needs none)."""
+    import importlib.util
+
+    platforms = environ.get("JAX_PLATFORMS", "").strip().lower()
+    if platforms and not any(p in platforms for p in ("cuda", "gpu", "rocm")):
+        return False
+    return any(importlib.util.find_spec(name) is not None for name in
+               ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin",
+                "jax_rocm60_plugin"))
+
+
 def apply_defaults(environ=os.environ) -> str:
-    """Add taylorcli's CPU flags to XLA_FLAGS unless set already or opted out; return XLA_FLAGS.
+    """Add taylorcli's CPU flags to XLA_FLAGS unless set already, opted out, or a GPU may run;
+    return XLA_FLAGS.
 
     It must run before JAX starts a backend (the entry points call it first); after that it leaves
     XLA_FLAGS alone. Processes started from this one inherit the flag, as they inherit any
@@ -52,7 +66,8 @@ def apply_defaults(environ=os.environ) -> str:
     """
     flags = environ.get("XLA_FLAGS", "")
     if (environ.get("TAYLORCLI_XLA_DEFAULTS", "1").strip().lower() in _OFF
-            or _jaxlib_version() not in _CHECKED or _backend_started()):
+            or _jaxlib_version() not in _CHECKED or _backend_started()
+            or _gpu_possible(environ)):
         return flags
     name = _CPU_CONV.split("=")[0]
     if name not in flags:
