@@ -22,13 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..names import model_names
+
 # Dense matrix throughput of the cards this is run on (NVIDIA's datasheets, SXM): float32
 # without tensor cores, and TF32 on tensor cores without sparsity.
 PEAK_TFLOPS = {"H100": {"float32": 67.0, "tf32": 494.7}, "H200": {"float32": 67.0, "tf32": 494.7},
                "A100": {"float32": 19.5, "tf32": 156.0}}
 RECIPES = ("cnnthin", "wrnthin")
-MODELS = (("full",), ("order1",), ("order2",), ("order3",), ("order4",),
-          ("full", "order1", "order2", "order3", "order4"))
+MODELS = (*((name,) for name in model_names(range(1, 5))), tuple(model_names(range(1, 5))))
 
 
 def _peak(kind: str, precision: str) -> float | None:
