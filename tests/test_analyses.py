@@ -142,7 +142,7 @@ def test_kernel_dynamics_takes_the_expansion_point_as_an_argument(tmp_path, tiny
     state = state.replace(theta0=moved, params={n: params for n in engine.names})
     second = kd.kernels(state)
     assert ntk_module._jacobian._cache_size() == compiled  # no program compiled for the centre
-    for spec_ in engine.specs:
+    for spec_ in engine.models:
         if spec_.order == 0:
             continue
         direct = ntk_module.ntk(taylorize(engine.apply, moved, spec_.order), params, kd.x,

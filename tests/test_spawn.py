@@ -13,14 +13,14 @@ import pytest
 from conftest import run_cli, table_without_clock
 from taylorcli.analyses.training import train_recipe as train
 from taylorcli.data import load_for_recipe as load_data, with_data_stats
-from taylorcli.engine.lockstep import ModelSpec, epoch_permutations, initial_params, \
+from taylorcli.engine.lockstep import LockstepModel, epoch_permutations, initial_params, \
     lockstep_state, reexpands_at
 from taylorcli.engine.setup import build_setup
 from taylorcli.errors import Stopped
 from taylorcli.metrics import error_barrier, function_distance
 from taylorcli.recipe import RecipeError
 from taylorcli.run.progress import PlainProgress
-from taylorcli.run.start import parent_network, parent_setup, replay
+from taylorcli.run.start import parent_network, replay
 from taylorcli.spawn.spawned_run import parent_recipe, spawn_recipe
 
 EPOCHS = "train.epochs=3"
@@ -95,7 +95,7 @@ def test_replay_matches_the_checkpointed_network(parent, tiny_recipe):
 def engine_and_state(recipe, specs, streams=(0,)):
     ds = load_data(recipe)
     setup = build_setup(with_data_stats(recipe, ds), ds)
-    engine = dataclasses.replace(setup.engine, specs=tuple(specs), streams=streams)
+    engine = dataclasses.replace(setup.engine, models=tuple(specs), streams=streams)
     theta0 = initial_params(setup.network, recipe.seed, setup.spec.image_shape)
     state = lockstep_state(engine, 0, theta0, engine.optimizer.init(theta0))
     return ds, engine, state
@@ -114,8 +114,8 @@ def run_steps(recipe, engine, state, ds, steps):
 
 def test_children_with_identical_seeds_are_identical_and_others_differ(tiny_recipe):
     recipe = tiny_recipe()
-    specs = [ModelSpec("full"), ModelSpec("child0", stream=1), ModelSpec("child1", stream=1),
-             ModelSpec("child2", stream=2)]
+    specs = [LockstepModel("full"), LockstepModel("child0", stream=1), LockstepModel("child1", stream=1),
+             LockstepModel("child2", stream=2)]
     ds, engine, state = engine_and_state(recipe, specs, streams=(0, 7, 8))
     out = run_steps(recipe, engine, state, ds, 6)
     leaves = {n: jax.tree.leaves(out.params[n]) for n in engine.names}
@@ -128,8 +128,8 @@ def test_children_with_identical_seeds_are_identical_and_others_differ(tiny_reci
 def test_reexpanding_every_step_is_ordinary_training(tiny_recipe):
     """K = 1: the order-k model re-expanded at its own parameters before every step is the network."""
     recipe = tiny_recipe()
-    specs = [ModelSpec("full"), ModelSpec("r1", 1, reexpand=("every", 1)),
-             ModelSpec("r2", 2, reexpand=("every", 1)), ModelSpec("plain", 1)]
+    specs = [LockstepModel("full"), LockstepModel("r1", 1, reexpand=("every", 1)),
+             LockstepModel("r2", 2, reexpand=("every", 1)), LockstepModel("plain", 1)]
     ds, engine, state = engine_and_state(recipe, specs)
     out = run_steps(recipe, engine, state, ds, 6)
     for name in ("r1", "r2"):
@@ -150,7 +150,7 @@ def test_reexpansion_schedules():
 
 def test_reexpanded_center_is_the_parameters_at_the_last_reexpansion(tiny_recipe):
     recipe = tiny_recipe()
-    specs = [ModelSpec("full"), ModelSpec("r", 2, reexpand=("every", 4))]
+    specs = [LockstepModel("full"), LockstepModel("r", 2, reexpand=("every", 4))]
     ds, engine, state = engine_and_state(recipe, specs)
     after3 = run_steps(recipe, engine, state, ds, 3)  # at step 3: still expanded at θ0
     after4 = run_steps(recipe, engine, state, ds, 4)  # at step 4: re-expanded at θ(4)
@@ -165,7 +165,7 @@ def test_reexpanding_every_step_evaluates_as_the_network(tiny_recipe):
     from taylorcli.engine.lockstep import make_eval_logits
 
     recipe = tiny_recipe()
-    specs = [ModelSpec("full"), ModelSpec("r1", 1, reexpand=("every", 1))]
+    specs = [LockstepModel("full"), LockstepModel("r1", 1, reexpand=("every", 1))]
     ds, engine, state = engine_and_state(recipe, specs)
     out = run_steps(recipe, engine, state, ds, 4)
     logits = make_eval_logits(engine)(out, jnp.asarray(ds.test_x[:16], jnp.float32))

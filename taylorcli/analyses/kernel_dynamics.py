@@ -57,7 +57,7 @@ class KernelDynamics:
     def kernels(self, state) -> dict[str, np.ndarray]:
         """Every model's NTK on the subset, wrt its own parameters."""
         out = {}
-        for spec in self.engine.specs:
+        for spec in self.engine.models:
             params = state.params[spec.name]
             if spec.order == 0:
                 out[spec.name] = ntk(self.engine.apply, params, self.x, outputs=self.outputs,

@@ -84,8 +84,8 @@ class Bench:
 
     def engine_for(self, names, nested=False):
         """The lockstep engine restricted to some models."""
-        specs = tuple(s for s in self.engine.specs if s.name in names)
-        return dataclasses.replace(self.engine, specs=specs, nested=nested)
+        specs = tuple(s for s in self.engine.models if s.name in names)
+        return dataclasses.replace(self.engine, models=specs, nested=nested)
 
     def compiled(self, engine):
         """The engine's step compiled for this setting's shapes (once per engine), and a state."""

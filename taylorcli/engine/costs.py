@@ -86,7 +86,7 @@ def check_fits(setup: Setup, source: str = "recipe") -> None:
         raise RecipeError(f"{source}: key train.epochs: {recipe.train.epochs} epochs of {spe} "
                           f"steps are {steps:,} steps; expected at most {MAX_STEPS:,} in one run")
     whole, one = setup.state_bytes()
-    models = len(setup.engine.specs)
+    models = len(setup.engine.models)
     share = len(jax.local_devices()) if recipe.train.split_models else 1
     need = (whole + one * models) / share  # the state, and a gradient per model while it steps
     have, where = device_memory()

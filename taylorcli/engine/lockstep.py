@@ -26,7 +26,7 @@ from .state import LockstepState
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class LockstepModel:
     """One model of a lockstep run: its name, Taylor order, data-noise stream and re-expansion."""
 
     name: str
@@ -35,22 +35,22 @@ class ModelSpec:
     reexpand: tuple[str, int] | None = None  # ("every", K) or ("doubling", K), in steps
 
 
-def model_specs(recipe) -> tuple[ModelSpec, ...]:
+def lockstep_models(recipe) -> tuple[LockstepModel, ...]:
     """The models a recipe trains: the network and its orders, or a spawned run's models."""
     sp = recipe.spawn
     orders = recipe.taylor.orders
     if sp.parent is None:
-        specs = tuple(ModelSpec(name, order_of(name)) for name in model_names(orders))
+        every = tuple(LockstepModel(name, order_of(name)) for name in model_names(orders))
         # `models` trains a subset, with the seeds and data order of the whole recipe.
-        return tuple(s for s in specs if recipe.models is None or s.name in recipe.models)
-    specs = [ModelSpec(FULL)]
+        return tuple(m for m in every if recipe.models is None or m.name in recipe.models)
+    models = [LockstepModel(FULL)]
     for k in orders:
-        specs.append(ModelSpec(spawned_name(sp.epoch, k), k))
+        models.append(LockstepModel(spawned_name(sp.epoch, k), k))
         for kind, intervals in (("every", sp.reexpand_every), ("doubling", sp.reexpand_doubling)):
-            specs += [ModelSpec(spawned_name(sp.epoch, k, (kind, K)), k, reexpand=(kind, K))
-                      for K in intervals]
-    specs += [ModelSpec(child_name(i), stream=i + 1) for i in range(sp.children)]
-    return tuple(specs)
+            models += [LockstepModel(spawned_name(sp.epoch, k, (kind, K)), k, reexpand=(kind, K))
+                       for K in intervals]
+    models += [LockstepModel(child_name(i), stream=i + 1) for i in range(sp.children)]
+    return tuple(models)
 
 
 def noise_streams(recipe) -> tuple[int, ...]:
@@ -81,7 +81,7 @@ class Engine:
     """Everything static about a lockstep run: models, optimizer, loss, augmentation."""
 
     apply: Callable
-    specs: tuple[ModelSpec, ...]
+    models: tuple[LockstepModel, ...]
     optimizer: optax.GradientTransformation
     loss: Callable
     batch_size: int
@@ -92,7 +92,7 @@ class Engine:
     std: tuple[float, ...]
     nested: bool = False  # expand with taylorize_nested (the paper's construction), for benchmarks
     batch_sharding: Any = None  # split each batch across devices (see engine/devices.py)
-    streams: tuple[int, ...] = (0,)  # data-noise stream seeds; specs index into them
+    streams: tuple[int, ...] = (0,)  # data-noise stream seeds; the models index into them
     start_step: int = 0  # a spawned run's first step: re-expansion intervals count from here
     layers: tuple[str, ...] = ()  # the network's layers, input to output (layers.csv's order)
     train_size: int = 0  # examples per epoch; with keep_last, the last batch holds the rest
@@ -102,19 +102,19 @@ class Engine:
     @property
     def names(self) -> tuple[str, ...]:
         """Model names, in lockstep order (`full` first)."""
-        return tuple(s.name for s in self.specs)
+        return tuple(s.name for s in self.models)
 
     def model_fns(self, state: LockstepState) -> dict[str, Callable]:
         """`f(params, x)` of each model, each Taylorized one expanded around its expansion point."""
         expand = taylorize_nested if self.nested else taylorize
         return {s.name: self.apply if s.order == 0 else expand(self.apply, state.center(s.name),
                                                                  s.order)
-                for s in self.specs}
+                for s in self.models}
 
     def only(self, names) -> "Engine":
         """The same engine training only the models `names` (the full network alone: `[FULL]`)."""
-        return dataclasses.replace(self, specs=tuple(s for s in self.specs if s.name in names)
-                                   or tuple(ModelSpec(n, order_of(n)) for n in names))
+        return dataclasses.replace(self, models=tuple(s for s in self.models if s.name in names)
+                                   or tuple(LockstepModel(n, order_of(n)) for n in names))
 
 
 def steps_per_epoch(recipe, train_size: int) -> int:
@@ -128,7 +128,7 @@ def build_engine(recipe, spec, network: Network, layers=()) -> Engine:
     spe = steps_per_epoch(recipe, spec.train_size)
     return Engine(
         apply=network.apply,
-        specs=model_specs(recipe),
+        models=lockstep_models(recipe),
         optimizer=make_optimizer(recipe.optim, spe, recipe.train.epochs),
         loss=make_loss(recipe.train.loss, spec.num_classes),
         batch_size=recipe.train.batch_size,
@@ -174,7 +174,7 @@ def lockstep_state(engine: Engine, step, theta, opt_state) -> LockstepState:
         opt={n: copy(opt_state) for n in engine.names},
         diverged={n: jnp.zeros((), bool) for n in engine.names},
         stats=zero_stats(engine),
-        centers={s.name: copy(theta) for s in engine.specs if s.reexpand},
+        centers={s.name: copy(theta) for s in engine.models if s.reexpand},
     )
 
 
@@ -232,9 +232,9 @@ def make_train_step(engine: Engine, seed: int) -> Callable:
         batches = [batch(state, perms, train_x, train_y, j) for j in range(len(engine.streams))]
         fns = engine.model_fns(state)
         params, opts, diverged, sums, stats = {}, {}, {}, {}, {}
-        for spec in engine.specs:
-            name, fn = spec.name, fns[spec.name]
-            x, y, weights = batches[spec.stream]
+        for model in engine.models:
+            name, fn = model.name, fns[model.name]
+            x, y, weights = batches[model.stream]
 
             def loss_fn(p, fn=fn, x=x, y=y, weights=weights):
                 logits = fn(p, x)
@@ -262,7 +262,7 @@ def make_train_step(engine: Engine, seed: int) -> Callable:
         since = state.step + 1 - engine.start_step
         centers = {s.name: jax.tree.map(
             lambda p, c, s=s: jnp.where(reexpands_at(s.reexpand, since), p, c),
-            params[s.name], state.centers[s.name]) for s in engine.specs if s.reexpand}
+            params[s.name], state.centers[s.name]) for s in engine.models if s.reexpand}
         new = state.replace(step=state.step + 1, params=params, opt=opts, diverged=diverged,
                             stats=sums, centers=centers)
         return new, stats

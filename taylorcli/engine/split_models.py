@@ -146,7 +146,7 @@ def split_models(engine, seed: int, state, evaluator: Evaluator):
     devices = jax.local_devices()
     groups = []
     for names, device in zip(device_groups(engine.names, len(devices)), devices):
-        sub = dataclasses.replace(engine, specs=tuple(s for s in engine.specs if s.name in names),
+        sub = dataclasses.replace(engine, models=tuple(s for s in engine.models if s.name in names),
                                   batch_sharding=None)
         groups.append(Group(names, device, jax.device_put(state.theta0, device),
                             _group_step(sub, seed), jax.jit(make_eval_logits(sub))))
