@@ -3,12 +3,21 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .spec import DatasetSpec
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The training and test images and labels (copies: a caller may change them)."""
+    return tuple(a.copy() for a in _digits_arrays())
+
+
+@functools.cache
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    # Read once per process: a plan of many digits runs asks for its shapes many times.
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -24,7 +33,14 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def digits_spec(arrays: tuple[np.ndarray, ...]) -> DatasetSpec:
+    """Shapes, class count and the standardization of the digits' training images."""
     scaled = arrays[0].astype(np.float64) / 255.0
     mean = tuple(float(v) for v in scaled.mean(axis=(0, 1, 2)))
     std = tuple(float(v) for v in scaled.std(axis=(0, 1, 2)))
     return DatasetSpec("digits", (12, 12, 1), 10, len(arrays[0]), len(arrays[2]), mean, std)
+
+
+@functools.cache
+def digits_dataset_spec() -> DatasetSpec:
+    """The digits' spec, computed once per process."""
+    return digits_spec(_digits_arrays())

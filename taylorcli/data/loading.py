@@ -11,7 +11,7 @@ from ..errors import DataError
 from ..names import BUILTIN_DATASETS
 from .augment import channel_stats
 from .cifar import ARCHIVES, CIFAR_MEAN, CIFAR_STD, load_archive
-from .digits import digits_arrays, digits_spec
+from .digits import digits_arrays, digits_dataset_spec, digits_spec
 from .npz import load_npz, npz_header
 from .spec import Dataset, DatasetSpec
 from .tfds_source import load_tfds, tfds_header
@@ -32,7 +32,7 @@ def dataset_spec(name: str, *, synthetic_train: int = 512, synthetic_test: int =
     """
     _check_name(name)
     if name == "digits":
-        return digits_spec(digits_arrays())
+        return digits_dataset_spec()
     if name == "synthetic":
         return DatasetSpec(name, (32, 32, 3), 10, synthetic_train, synthetic_test,
                            (0.5,) * 3, (0.25,) * 3)

@@ -5,6 +5,8 @@ Every failure is one line naming the file or flag, the key, what it accepts and 
 
 from __future__ import annotations
 
+import copy
+import functools
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -108,11 +110,22 @@ def _read_text(path: Path, source: str) -> str:
         raise RecipeError(f"{source}: not UTF-8 text") from None
 
 
+@functools.lru_cache(maxsize=64)
+def _parsed_once(text: str, source: str) -> Any:
+    return parse_yaml(text, source)
+
+
+def _parsed(text: str, source: str) -> Any:
+    """A recipe file's YAML, parsed once per text (a plan of a thousand runs of one recipe
+    reads it a thousand times); a deep copy, since the caller edits it."""
+    return copy.deepcopy(_parsed_once(text, source))
+
+
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Read a recipe YAML file, apply `--set` overrides and validate it."""
     path = Path(path)
     source = str(path)
-    raw = parse_yaml(_read_text(path, source), source)
+    raw = _parsed(_read_text(path, source), source)
     if isinstance(raw, dict) and "name" not in raw:
         raw = {"name": path.stem, **raw}
     return with_module_path(recipe_from_dict(raw, source, overrides), path.parent)
@@ -124,7 +137,7 @@ def load_named_recipe(recipe: str | Path, overrides: Sequence[str] = ()) -> Reci
     if isinstance(found, Path):
         return load_recipe(found, overrides)
     source = f"{recipe} (bundled recipe)"
-    raw = parse_yaml(found.read_text(encoding="utf-8"), source)
+    raw = _parsed(found.read_text(encoding="utf-8"), source)
     if isinstance(raw, dict) and "name" not in raw:
         raw = {"name": str(recipe), **raw}
     return with_module_path(recipe_from_dict(raw, source, overrides),
