@@ -89,10 +89,10 @@ def _by_path(tree):
         yield "/".join(str(getattr(k, "key", k)) for k in path), leaf
 
 
-def loss_and_accuracy(logits, labels, loss_fn) -> tuple[float, float]:
-    """Mean loss and accuracy of logits against integer labels."""
+def loss_and_accuracy(logits, labels, loss_fn) -> tuple[jax.Array, jax.Array]:
+    """Mean loss and accuracy of logits against integer labels (jittable)."""
     logits = jnp.asarray(logits)
-    return float(loss_fn(logits, labels)), float(jnp.mean(jnp.argmax(logits, -1) == labels))
+    return loss_fn(logits, labels), jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
 def disagreement(logits_a, logits_b) -> float:

@@ -32,14 +32,23 @@ class Evaluator:
         self.batch = min(eval_batch, len(ds.test_y))
         n = len(ds.test_y)
         padded = math.ceil(n / self.batch) * self.batch
-        x = data_lib.standardize(jnp.asarray(ds.test_x), mean=ds.mean, std=ds.std)
+        # Standardized on the host and sent once: eager device operations would each compile
+        # a small program at start-up.
+        dtype = np.dtype(data_lib.float_dtype())
+        x = ds.test_x.astype(dtype) * dtype.type(data_lib.pixel_scale(ds.test_x.dtype))
+        x = (x - np.asarray(ds.mean, dtype)) / np.asarray(ds.std, dtype)
         # Pad to whole batches so one compiled function serves the whole test set.
-        self.test_x = jnp.pad(x, [(0, padded - n)] + [(0, 0)] * (x.ndim - 1))
+        self.test_x = jnp.asarray(np.pad(x, [(0, padded - n)] + [(0, 0)] * (x.ndim - 1)))
         self.test_y = jnp.asarray(ds.test_y)
         self.n = n
         self.logits_fn = jax.jit(make_eval_logits(engine))
         self.layers = list(engine.layers) or layer_paths(state.theta0)
         self.geometry = jax.jit(self._geometry)
+        self.scores = jax.jit(self._scores)
+
+    def _scores(self, logits: dict, y):
+        """Each model's test loss and accuracy, in one program."""
+        return {name: loss_and_accuracy(z, y, self.engine.loss) for name, z in logits.items()}
 
     def _geometry(self, state):
         # A subset run without the full network leaves the cosines to `report` (report/merge.py).
@@ -62,12 +71,13 @@ class Evaluator:
     def __call__(self, state, step: int, epoch: float, lr: float):
         """Metrics rows, layer rows and logits at one evaluation point."""
         logits = self.logits(state)
+        scores = jax.device_get(self.scores(logits, self.test_y))
         geometry = jax.device_get(self.geometry(state))
         diverged = jax.device_get(state.diverged)
         train_stats = mean_stats(jax.device_get(state.stats))
         rows, layer_rows = [], []
         for name in self.engine.names:
-            test_loss, test_acc = loss_and_accuracy(logits[name], self.test_y, self.engine.loss)
+            test_loss, test_acc = (float(v) for v in scores[name])
             cp, dist, rel, pd = geometry[name]
             train_loss, train_acc = train_stats[name]
             rows.append({
