@@ -106,6 +106,7 @@ def train_run(recipe: Recipe, out: str, analyses: AnalysisFactory, progress=None
         try:
             if not existing:  # the marker first: everything after is written into a run
                 run.create(run_info(setup))
+                run.write_recipe(dump_recipe(setup.recipe))  # a failed start can be rerun
             return _Training(setup, run, progress, analyses, clock).go(existing, resume, changes)
         finally:
             lock.release()
