@@ -430,3 +430,29 @@ def test_npz_that_is_not_there_or_not_an_archive(tmp_path):
     (tmp_path / "text.npz").write_text("hello")
     with pytest.raises(DataError, match="not a readable .npz"):
         load_dataset("npz", path=str(tmp_path / "text.npz"))
+
+
+def test_digits_are_kept_in_taylorclis_cache_and_equal_scikit_learns(tmp_path, monkeypatch):
+    """The cached arrays are load_digits' own (read again here), and a cache folder that is not
+    taylorcli's is never written."""
+    from taylorcli.data import digits
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    digits._digits_arrays.cache_clear()
+    first = digits.digits_arrays()
+    cached = list((tmp_path / "xdg" / "taylorcli" / "data").glob("digits-sklearn-*.npz"))
+    assert len(cached) == 1
+    digits._digits_arrays.cache_clear()
+    again = digits.digits_arrays()  # from the cache file
+    fresh = digits._load_digits()   # scikit-learn's loader, now
+    for a, b, c in zip(first, again, fresh):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, c)
+    mine = tmp_path / "mine"
+    (mine / "taylorcli" / "data").mkdir(parents=True)
+    (mine / "taylorcli" / "data" / "notes.txt").write_text("mine\n")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(mine))
+    digits._digits_arrays.cache_clear()
+    digits.digits_arrays()
+    assert sorted(p.name for p in (mine / "taylorcli" / "data").iterdir()) == ["notes.txt"]
+    digits._digits_arrays.cache_clear()

@@ -1,12 +1,23 @@
 """scikit-learn's handwritten digits (real data shipped inside scikit-learn: no download), as
-12x12 images with a fixed train/test split: taylorcli's offline default."""
+12x12 images with a fixed train/test split: taylorcli's offline default.
+
+Loaded with scikit-learn's own `load_digits`, once per scikit-learn version: the arrays are
+then kept in taylorcli's cache folder (~/.cache/taylorcli/data, or $XDG_CACHE_HOME), since
+importing scikit-learn alone takes longer than the rest of a small run's start.
+"""
 
 from __future__ import annotations
 
 import functools
+import io
+import os
+from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 
+from ..errors import OwnershipError
+from ..files import OwnedFolder
 from .spec import DatasetSpec
 
 
@@ -15,9 +26,38 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return tuple(a.copy() for a in _digits_arrays())
 
 
+def _cache() -> OwnedFolder:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return OwnedFolder(Path(base) / "taylorcli" / "data", "cache.json")
+
+
 @functools.cache
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     # Read once per process: a plan of many digits runs asks for its shapes many times.
+    try:
+        name = f"digits-sklearn-{metadata.version('scikit-learn')}.npz"
+    except metadata.PackageNotFoundError:
+        name = None
+    cache = _cache()
+    if name is not None and cache.is_owned():
+        try:
+            with np.load(cache.path / name, allow_pickle=False) as saved:
+                return tuple(saved[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+        except (OSError, ValueError, KeyError):
+            pass  # not there yet, or damaged: loaded again below and written anew
+    arrays = _load_digits()
+    if name is not None:
+        buf = io.BytesIO()
+        np.savez(buf, **dict(zip(("x_train", "y_train", "x_test", "y_test"), arrays)))
+        try:
+            cache.claim({"kind": "cache"}, "taylorcli's cache folder")
+            cache.write(name, buf.getvalue())
+        except (OSError, OwnershipError):
+            pass  # a cache is a convenience: a folder that is not ours stays untouched
+    return arrays
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
