@@ -68,7 +68,7 @@ class Setting:
         name = {"wrn": f"wrn-{self.depth}-{self.widen}-{self.width}",
                 "vit": f"vit-{self.depth}-{self.width}-h{self.widen}"}.get(
             self.arch, f"{self.arch}-{self.depth}-{self.width}")
-        return f"{name} b{self.batch} {self.image}px" + ("" if self.channels == 3 else f"x{self.channels}")
+        return f"{name} b{self.batch} {self.image}px" + ("" if self.channels == 3 else f" {self.channels}ch")
 
     def model(self) -> dict:
         """The recipe's `model` section."""
@@ -533,8 +533,9 @@ def main(argv=None) -> None:
     p.add_argument("--no-nested", action="store_true", help="skip taylorize_nested")
     p.add_argument("--no-memory", action="store_true", help="skip the Table 1 recipes' memory")
     p.add_argument("--quick", action="store_true",
-                   help="small sizes that finish in a few minutes on 2 CPU cores (and no "
-                        "compile of the Table 1 recipes for their memory)")
+                   help="small sizes that finish in a few minutes on 2 CPU cores (one compile "
+                        "per step, no fresh-process first step, no compile of the Table 1 "
+                        "recipes for their memory)")
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="also trace each order's step (first setting) into DIR and break it down")
@@ -542,7 +543,7 @@ def main(argv=None) -> None:
     orders = tuple(int(k) for k in a.orders.split(","))
     if a.quick:
         a.width, a.wrn_width, a.wrn_widen, a.batch, a.image, a.repeats = 32, 16, 1, 32, 16, 3
-        a.compile_rounds = 1
+        a.compile_rounds, a.no_first_step = 1, True
         a.no_memory = True  # compiling the real recipes takes minutes of its own
     settings = []
     if a.arch in ("cnn", "both", "all"):
@@ -564,7 +565,9 @@ def main(argv=None) -> None:
         results["profile"] = results["settings"][0].pop("profile")
     if not a.no_memory:
         results["memory"] = recipe_memory()
-    _render(results, Console())
+    console = Console()
+    # Written to a file, the tables keep their columns (rich would fold them at 80).
+    _render(results, console if console.is_terminal else Console(width=160))
     if a.json:
         a.json.write_text(json.dumps(_summary(results) | {"details": results}, indent=2))
 
