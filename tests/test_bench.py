@@ -28,10 +28,11 @@ def test_bench_transformer_compile_and_program_size(tmp_path):
     from taylorcli import taylor
 
     out = tmp_path / "bench.json"
-    bench.main(["--arch", "vit", "--vit-width", "8", "--vit-batch", "4", "--vit-image", "8",
+    bench.main(["--arch", "vit", "--vit-width", "8", "--vit-depth", "1", "--vit-batch", "4",
+                "--vit-image", "8",
                 "--orders", "2", "--repeats", "1", "--compile-rounds", "1", "--no-memory",
                 "--no-first-step", "--compare-taylor", taylor.__file__, "--json", str(out)])
-    label = bench.Setting("vit", 2, 8, 2, 4, 8, (2,), channels=1, pad=2).label()
+    label = bench.Setting("vit", 1, 8, 2, 4, 8, (2,), channels=1, pad=2).label()
     fig = json.loads(out.read_text())["per_setting"][label]
     assert fig["full"]["hlo_ops"] > 0 and fig["full"]["compile_s"] > 0
     order2 = fig["order2"]
