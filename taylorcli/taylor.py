@@ -352,7 +352,7 @@ def _linear(eqn, invals, linear_in=None):
 
 
 def _bilinear(eqn, a, b, order):
-    """y_n = Σ_{i+j=n} B(a_i, b_j), looping over the coefficients of the lower-degree factor.
+    """y_n = Σ_{i+j=n} B(a_i, b_j): two series of degree >= 2 by `_product`, else as follows.
 
     For a layer (activation of degree k, the model's order) x (weight θ0 + Δ) this is 2k+1
     forward passes in three calls: the primal B(a_0, W0), the same for every order (XLA
@@ -394,19 +394,15 @@ def _bilinear(eqn, a, b, order):
 
 @functools.lru_cache(maxsize=None)
 def _pairs(da: int, db: int, degree: int):
-    """Index arrays of the Cauchy product of series of degrees da, db up to `degree`.
+    """The pairs (i, j) of the Cauchy product of series of degrees da, db, 1 <= i + j <= degree.
 
-    Returns (i, j, rows): the pairs (i, j), 1 <= i + j <= degree, ordered by i + j, and per
-    output coefficient n = 1..degree the positions of its pairs, padded with len(i) (a zero row).
+    Returns (i, j, groups): the pairs as two index lists ordered by i + j, and per output
+    coefficient n = 1..degree the positions of its pairs.
     """
     pairs = [(i, n - i) for n in range(1, degree + 1) for i in range(max(0, n - db), min(da, n) + 1)]
-    i, j = (np.array(c) for c in zip(*pairs))
-    width = max(int(np.sum(i + j == n)) for n in range(1, degree + 1))
-    rows = np.full((degree, width), len(pairs))
-    for n in range(1, degree + 1):
-        at = np.flatnonzero(i + j == n)
-        rows[n - 1, : len(at)] = at
-    return i, j, rows
+    groups = tuple(tuple(p for p, (i, j) in enumerate(pairs) if i + j == n)
+                   for n in range(1, degree + 1))
+    return tuple(i for i, _ in pairs), tuple(j for _, j in pairs), groups
 
 
 def _product(bind, a, b, order, elementwise=False):
@@ -426,10 +422,10 @@ def _product(bind, a, b, order, elementwise=False):
     y0 = bind(a.x0, b.x0)
     if elementwise:
         return _Series(y0, jnp.stack([_conv(ca, cb, n) for n in range(1, degree + 1)]))
-    i, j, rows = _pairs(da, db, degree)
+    i, j, groups = _pairs(da, db, degree)
     terms = jnp.unstack(jax.vmap(bind)(jnp.stack([ca[n] for n in i]), jnp.stack([cb[n] for n in j])))
-    sums = [functools.reduce(jnp.add, [terms[p] for p in row if p < len(i)]) for row in rows]
-    return _Series(y0, jnp.stack(sums))
+    return _Series(y0, jnp.stack([functools.reduce(jnp.add, [terms[p] for p in group])
+                                  for group in groups]))
 
 
 
