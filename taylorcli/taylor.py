@@ -4,10 +4,16 @@ Two constructions of the same function:
 
 * `taylorize` propagates truncated Taylor series in t through the jaxpr of the model, with
   the parameters θ0 + tΔ (Taylor mode); f_k(θ) is the output's partial sum S_k at t = 1.
-  ReLU is exact and cheap (its gate is frozen at the expansion point); smooth primitives go
-  through `jax.experimental.jet`'s Faà di Bruno rules; anything else (custom JVPs, control
-  flow, ...) falls back to nested JVPs of that one primitive, so every function built from
-  standard primitives is covered.
+  A value's coefficients x_1 … x_k are one stacked array (leading axis k), so a linear
+  primitive is one batched call however high the order. ReLU is exact and cheap (its gate is
+  frozen at the expansion point). The smooth primitives transformers use (exp, log, tanh,
+  logistic, erf/erfc, sin/cos, sqrt, rsqrt, square, integer and constant powers, division)
+  have series rules of their own (`_smooth_lists`: the standard recurrences, e.g.
+  y_n = (1/n) Σ_j j x_j y_{n-j} for exp), whose derivatives are one product of series with
+  f'(x(t)) (`_smooth_series`), never an unrolled recurrence. A product of two series
+  (attention's QKᵀ and AV) is one batched call over every pair of coefficients (`_product`).
+  Anything else (custom JVPs, control flow, reduce_max, ...) falls back to nested JVPs of that
+  one primitive, so every function built from standard primitives is covered.
 * `taylorize_nested` is the paper's construction (Bai et al. 2020, eq. 5): nested
   Jacobian-vector products, about 2^k–3^k base passes. It is the reference the fast path is
   tested against.
@@ -28,7 +34,8 @@ B(S_d a, W); gradients follow by autodiff of those few calls. A smooth primitive
 product of two series, needs every coefficient of its operands, and they are computed as
 before (`_apply`). Exact, not an approximation: equal to the nested construction in float64.
 For CNN-4-64 (5 bilinear layers) an order-4 training step costs 2.3 full steps of XLA
-FLOPs instead of 4.5 (README, "Speed").
+FLOPs instead of 4.5 (README, "Speed"); for the benchmark's transformer (`bench.transformer`)
+8.0 full steps, against 24 for nested JVPs (`python -m taylorcli.bench --arch vit`).
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import jet
+from jax.custom_derivatives import SymbolicZero
 
 from jax.extend import core as jcore
 
@@ -192,8 +199,13 @@ def _sum_stack(v, indices):
             return v.s
         rows = [v.x0 if j == 0 else v.s[v.idx.index(min(j, v.degree))] for j in indices]
     elif isinstance(v, _Series):
-        partial = v.x0 + jnp.cumsum(v.xs, axis=0)
-        rows = [v.x0 if j == 0 else partial[min(j, v.degree) - 1] for j in indices]
+        # Running sums written out, not jnp.cumsum: XLA's algebraic simplifier miscompiles the
+        # gradient of a cumsum (reduce_window) used this way under jit (JAX 0.10.2, CPU: the
+        # order-3 gradient of exp(u)·u was off by 10%, eager and algsimp-disabled runs exact).
+        partial = [v.x0]
+        for row in jnp.unstack(v.xs[: min(max(indices), v.degree)]):
+            partial.append(partial[-1] + row)
+        rows = [partial[min(j, v.degree)] for j in indices]
     else:
         return jnp.broadcast_to(v, (len(indices),) + jnp.shape(v))
     return jnp.stack(rows)
@@ -258,6 +270,10 @@ def _eval_jaxpr(jaxpr, consts, inputs, order, out_demands):
             outs = _bind(eqn, invals)
         elif rule == "flat":
             outs = _bind(eqn, [_primal(v) for v in invals])
+        elif rule == "series" and not any(wanted):
+            # Only the primal is used (softmax's reduce_max feeds a stop_gradient): no series.
+            outs = [_Sums(p, (), None, degrees[var]) if _is_float(p) else p
+                    for p, var in zip(_bind(eqn, [_primal(v) for v in invals]), eqn.outvars)]
         elif rule == "series" or any(w is _ALL for w in wanted):
             outs = _apply(eqn, invals, order)
         else:
@@ -277,15 +293,17 @@ _LINEAR = {
     "expand_dims", "reduce_sum", "slice", "dynamic_slice", "dynamic_update_slice", "gather",
     "scatter-add", "pad", "concatenate", "convert_element_type", "copy", "copy_p", "rev",
     "select_n", "reduce_window_sum", "cumsum", "real", "imag", "conj", "split", "reshard",
+    "unstack",
 }
 # Bilinear in their two operands.
 _BILINEAR = {"mul", "dot_general", "conv_general_dilated"}
 # Piecewise constant: every derivative vanishes.
 _FLAT = {"sign", "floor", "ceil", "round", "stop_gradient", "is_finite"}
-# Smooth elementwise primitives whose jet rules (Faà di Bruno) we trust.
-_JET = {
-    "exp", "log", "tanh", "logistic", "sin", "cos", "sqrt", "rsqrt", "integer_pow", "pow",
-    "log1p", "expm1", "erf", "square", "sinh", "cosh", "div",
+# Smooth unary primitives with a series rule of their own (`_smooth_lists`); `pow` only with a
+# literal exponent, and `div` by a series is a product with the reciprocal (`_divide`).
+_SMOOTH = {
+    "exp", "expm1", "log", "log1p", "tanh", "logistic", "erf", "erfc", "sin", "cos", "sinh",
+    "cosh", "sqrt", "rsqrt", "square", "integer_pow", "pow",
 }
 
 
@@ -309,11 +327,11 @@ def _apply(eqn, invals, order):
         return _linear(eqn, invals, linear_in=(0,))
     if name in ("max", "min"):
         return [_select_extreme(eqn, invals)]
-    if name == "pow" and not isinstance(invals[1], _Series):
-        # jet's pow rule goes through log(x): NaN for a base <= 0 with a constant exponent.
-        return _nested(eqn, invals, order)
-    if name in _JET:
-        return _jet(eqn, invals, order)
+    if name == "div":
+        return [_divide(eqn, invals[0], invals[1], order)]
+    if name in _SMOOTH and not any(isinstance(v, _Series) for v in invals[1:]) and (
+            name != "pow" or _literal_exponent(eqn) is not None):
+        return [_smooth(eqn, invals[0], order)]
     return _nested(eqn, invals, order)
 
 
@@ -334,7 +352,7 @@ def _linear(eqn, invals, linear_in=None):
 
 
 def _bilinear(eqn, a, b, order):
-    """y_n = Σ_{i+j=n} B(a_i, b_j), looping over the coefficients of the lower-degree factor.
+    """y_n = Σ_{i+j=n} B(a_i, b_j): two series of degree >= 2 by `_product`, else as follows.
 
     For a layer (activation of degree k, the model's order) x (weight θ0 + Δ) this is 2k+1
     forward passes in three calls: the primal B(a_0, W0), the same for every order (XLA
@@ -348,6 +366,9 @@ def _bilinear(eqn, a, b, order):
     """
     da = a.degree if isinstance(a, _Series) else 0
     db = b.degree if isinstance(b, _Series) else 0
+    if min(da, db) >= 2:
+        return _product(lambda x, y: _bind(eqn, (x, y))[0], a, b, order,
+                        elementwise=eqn.primitive.name == "mul")
     degree = min(order, da + db)
     swap = db > da
     (hi, dhi), (lo, dlo) = ((b, db), (a, da)) if swap else ((a, da), (b, db))
@@ -369,6 +390,43 @@ def _bilinear(eqn, a, b, order):
         piece = jnp.pad(piece, widths)
         total = piece if total is None else total + piece
     return _make(y0, total)
+
+
+@functools.lru_cache(maxsize=None)
+def _pairs(da: int, db: int, degree: int):
+    """The pairs (i, j) of the Cauchy product of series of degrees da, db, 1 <= i + j <= degree.
+
+    Returns (i, j, groups): the pairs as two index lists ordered by i + j, and per output
+    coefficient n = 1..degree the positions of its pairs.
+    """
+    pairs = [(i, n - i) for n in range(1, degree + 1) for i in range(max(0, n - db), min(da, n) + 1)]
+    groups = tuple(tuple(p for p, (i, j) in enumerate(pairs) if i + j == n)
+                   for n in range(1, degree + 1))
+    return tuple(i for i, _ in pairs), tuple(j for _, j in pairs), groups
+
+
+def _product(bind, a, b, order, elementwise=False):
+    """y = B(a, b) for two series: y_n = Σ_{i+j=n} B(a_i, b_j), n = 1..k.
+
+    An elementwise product is written coefficient by coefficient, which XLA fuses into one loop
+    reading each coefficient once. Any other B (dot_general, a convolution) is one batched call
+    over every pair (i, j) with 1 <= i + j <= k (k(k+3)/2 pairs for two series of degree k), so
+    the program holds one call of B however high the order. Coefficients are split with
+    `unstack` and joined with `stack`, whose transposes are each other: the backward pass is as
+    compact as the forward (see `_apply_series`).
+    """
+    da, db = a.degree, b.degree
+    degree = min(order, da + db)
+    ca = [a.x0, *jnp.unstack(a.xs)]
+    cb = [b.x0, *jnp.unstack(b.xs)]
+    y0 = bind(a.x0, b.x0)
+    if elementwise:
+        return _Series(y0, jnp.stack([_conv(ca, cb, n) for n in range(1, degree + 1)]))
+    i, j, groups = _pairs(da, db, degree)
+    terms = jnp.unstack(jax.vmap(bind)(jnp.stack([ca[n] for n in i]), jnp.stack([cb[n] for n in j])))
+    return _Series(y0, jnp.stack([functools.reduce(jnp.add, [terms[p] for p in group])
+                                  for group in groups]))
+
 
 
 def _is_relu(eqn) -> bool:
@@ -403,16 +461,229 @@ def _select_extreme(eqn, invals):
     return _Series(y0, xs)
 
 
-def _jet(eqn, invals, order):
-    # jet speaks in derivatives (x_n · n!); our series are Taylor coefficients.
-    primals = [_primal(v) for v in invals]
-    series = []
-    for v in invals:
-        c = _coeffs(v, order)
-        series.append([c[n] * math.factorial(n + 1) for n in range(order)])
-    y0, ys = jet.jet(lambda *a: _bind(eqn, a)[0], primals, series)
-    xs = jnp.stack([ys[n] / math.factorial(n + 1) for n in range(order)])
-    return [_Series(y0, xs)]
+# ---------------------------------------------------------------------------
+# Series rules of smooth primitives, on stacked coefficients.
+#
+# A value's coefficients x_1 … x_k stay one stacked array between rules; a rule splits them
+# into a list of arrays (one per power of t), runs its recurrence (y_n = (1/n) Σ_j j x_j g_{n-j}
+# and the like, sequential in n) and stacks the result. The lists are deliberate: XLA fuses
+# each rule's products of coefficients into one elementwise loop that reads every coefficient
+# once, where the batched alternatives measured slower on the CPU (a reduction over the stacked
+# axis is a slow reduce kernel there, up to 30x a copy; a gathered Toeplitz matrix or a
+# depthwise convolution over the coefficients were slower still). Derivatives never go through
+# a recurrence: d/dε f(x(t) + ε δx(t)) = f'(x(t)) δx(t), so a rule also returns
+# g = [g_0 … g_k], the coefficients of f'(x(t)), and `_smooth_series`'s JVP is one product of
+# series with g (its transpose, the backward pass, one more).
+
+
+def _conv(u, v, n, lo=0):
+    """Σ_{i=lo..n} u[i] v[n-i] of two coefficient lists (missing coefficients are zero), or None."""
+    terms = [u[i] * v[n - i] for i in range(lo, min(n, len(u) - 1) + 1) if n - i < len(v)]
+    return functools.reduce(jnp.add, terms) if terms else None
+
+
+def _square_at(u, n):
+    """Σ_i u[i] u[n-i], each cross term computed once."""
+    half = [u[i] * u[n - i] for i in range(0, (n + 1) // 2) if n - i < len(u)]
+    total = 2 * functools.reduce(jnp.add, half) if half else None
+    if n % 2 == 0 and n // 2 < len(u):
+        total = u[n // 2] * u[n // 2] if total is None else total + u[n // 2] * u[n // 2]
+    return total
+
+
+def _chain(dx, g, n):
+    """(1/n) Σ_{j≥1} dx[j] g[n-j], with dx[j] = j x_j: coefficient n of ∫ g(t) x'(t) dt."""
+    total = _conv(dx, g, n, 1)
+    if total is None:
+        return jnp.zeros_like(g[0])
+    return total if n == 1 else total * (1.0 / n)
+
+
+def _derivative(x):
+    """[·, 1·x_1, 2·x_2, …]: x'(t)'s coefficient j-1 at index j (index 0 unused)."""
+    return [None, *(x[j] if j == 1 else j * x[j] for j in range(1, len(x)))]
+
+
+def _exp_list(y0, dx, k):
+    """Coefficients 0..k of exp(x(t)) from exp(x0) (y' = y x')."""
+    y = [y0]
+    for n in range(1, k + 1):
+        y.append(_chain(dx, y, n))
+    return y
+
+
+def _reciprocal_list(x, k):
+    """Coefficients 0..k of 1/x(t) from x's list: r_n = -r0 Σ_{j≥1} x_j r_{n-j}."""
+    r = [1 / x[0]]
+    for n in range(1, k + 1):
+        total = _conv(x, r, n, 1)
+        r.append(jnp.zeros_like(r[0]) if total is None else -r[0] * total)
+    return r
+
+
+def _power_list(x, c, y0, k):
+    """Coefficients 0..k of x(t)^c for a constant c, from y0 = x0^c (x y' = c y x')."""
+    inv, y = 1 / x[0], [y0]
+    for n in range(1, k + 1):
+        terms = [((c + 1) * j - n) * (x[j] * y[n - j]) for j in range(1, min(n, len(x) - 1) + 1)]
+        y.append(functools.reduce(jnp.add, terms) * (inv / n) if terms else jnp.zeros_like(y0))
+    return y
+
+
+def _poly_product(u, v, k):
+    """Coefficients 0..k of u(t)·v(t), both lists."""
+    return [_conv(u, v, n) if n < len(u) + len(v) - 1 else jnp.zeros_like(u[0] * v[0])
+            for n in range(k + 1)]
+
+
+def _poly_power(x, m, k):
+    """Coefficients 0..k of x(t)^m, m >= 1, by squaring (exact at x0 = 0, unlike x y' = m y x')."""
+    result, base = None, x
+    while m:
+        if m & 1:
+            result = base if result is None else _poly_product(result, base, k)
+        m >>= 1
+        if m:
+            base = _poly_product(base, base, k)
+    return result
+
+
+def _literal_exponent(eqn):
+    """The exponent of a `pow` when it is a literal of the jaxpr, else None."""
+    e = eqn.invars[1]
+    return float(e.val) if isinstance(e, jcore.Literal) and np.ndim(e.val) == 0 else None
+
+
+_TWO_OVER_SQRT_PI = 2 / math.sqrt(math.pi)
+
+
+def _smooth_lists(name, exponent, y0, x, k):
+    """(y, g): coefficients 0..k of f(x(t)) and f'(x(t)), given y0 = f(x0) and x's list."""
+    zero = jnp.zeros_like(y0)
+    pad = lambda u: u + [zero] * (k + 1 - len(u))
+    dx = _derivative(x)
+    integral = lambda g: [y0] + [_chain(dx, g, n) for n in range(1, k + 1)]  # y = ∫ g x' dt
+    if name == "exp":
+        y = _exp_list(y0, dx, k)
+        return y, y
+    if name == "expm1":
+        e = _exp_list(jnp.exp(x[0]), dx, k)
+        return [y0] + e[1:], e
+    if name == "reciprocal":
+        r = _reciprocal_list(x, k)
+        return r, [-v for v in _poly_product(r, r, k)]
+    if name in ("log", "log1p"):
+        r = _reciprocal_list([x[0] if name == "log" else 1 + x[0]] + x[1:], k)
+        return integral(r), r
+    if name in ("tanh", "logistic"):
+        # tanh' = 1 - tanh², logistic' = logistic - logistic²: g follows y coefficient by coefficient.
+        y, g = [y0], [1 - y0 * y0 if name == "tanh" else y0 - y0 * y0]
+        for n in range(1, k + 1):
+            y.append(_chain(dx, g, n))
+            g.append(-_square_at(y, n) if name == "tanh" else y[n] - _square_at(y, n))
+        return y, g
+    if name in ("erf", "erfc"):
+        # erf' = (2/√π) exp(-x²): the exp of the series -x(t)², then y = ∫ erf'(x(t)) x'(t) dt.
+        s = [-v for v in _poly_product(x, x, k)]
+        c = _TWO_OVER_SQRT_PI if name == "erf" else -_TWO_OVER_SQRT_PI
+        g = [c * v for v in _exp_list(jnp.exp(s[0]), _derivative(s), k)]
+        return integral(g), g
+    if name in ("sin", "cos", "sinh", "cosh"):
+        # (sin, cos)' = (cos, -sin) x' and (sinh, cosh)' = (cosh, sinh) x', advanced together.
+        sign = -1 if name in ("sin", "cos") else 1
+        a = [y0 if name in ("sin", "sinh") else (jnp.sin if name == "cos" else jnp.sinh)(x[0])]
+        b = [y0 if name in ("cos", "cosh") else (jnp.cos if name == "sin" else jnp.cosh)(x[0])]
+        for n in range(1, k + 1):
+            a_n, b_n = _chain(dx, b, n), sign * _chain(dx, a, n)
+            a.append(a_n)
+            b.append(b_n)
+        return (a, b) if name in ("sin", "sinh") else (b, [sign * v for v in a])
+    if name == "square":
+        return pad([y0] + [_square_at(x, n) for n in range(1, min(k, 2 * len(x) - 2) + 1)]), \
+            pad([2 * v for v in x])
+    c = exponent if name in ("pow", "integer_pow") else {"sqrt": 0.5, "rsqrt": -0.5}[name]
+    if float(c).is_integer():
+        return _integer_power(x, int(c), y0, k)
+    # x^c and c·x^(c-1) by one recurrence each (smooth only where x0 > 0).
+    z = _power_list(x, c - 1, y0 / x[0], k)
+    return _power_list(x, c, y0, k), [c * v for v in z]
+
+
+def _integer_power(x, m, y0, k):
+    """x^m and m·x^(m-1) for an integer m, by products of series (and 1/x for m < 0)."""
+    zero = jnp.zeros_like(y0)
+    pad = lambda u: (u + [zero] * (k + 1 - len(u)))[: k + 1]
+    if m == 0:
+        return pad([y0]), pad([])
+    base = x if m > 0 else _reciprocal_list(x, k)
+    lower = _poly_power(base, abs(m) - 1, k) if abs(m) > 1 else None
+    y = base if lower is None else _poly_product(lower, base, k)
+    if m > 0:  # m x^(m-1)
+        g = [m * v for v in lower] if lower is not None else [jnp.full_like(y0, m)]
+    else:  # m x^(m-1) = m r^(|m|+1)
+        g = [m * v for v in _poly_product(y, base, k)]
+    return pad([y0] + y[1:]), pad(g)
+
+
+def _apply_series(g, dxs, k):
+    """Coefficients 1..k of g(t)·δx(t) for δx with no constant term: Σ_m g_{n-m} δx_m.
+
+    Sums of coefficient products, split with `unstack` and joined with `stack`, whose
+    transposes are each other: the backward pass is one fused elementwise loop too. (Indexing
+    would transpose to one full-size pad per coefficient; a reduction over the stacked axis
+    to the CPU's slow reduce kernel.)
+    """
+    gs, dx = jnp.unstack(g[:k]), jnp.unstack(dxs)
+    return jnp.stack([_conv(dx, gs, n) for n in range(k)])
+
+
+def _smooth(eqn, x, order):
+    """f(x(t)) for one smooth unary primitive (operands past the first are constants)."""
+    name = eqn.primitive.name
+    rest = [v.val if isinstance(v, jcore.Literal) else v for v in eqn.invars[1:]]
+    exponent = eqn.params["y"] if name == "integer_pow" else (
+        _literal_exponent(eqn) if name == "pow" else None)
+    return _smooth_series(name, exponent, lambda x0: _bind(eqn, [x0] + rest)[0], x, order)
+
+
+def _smooth_series(name, exponent, f0, x, order):
+    """y(t) = f(x(t)), f0 its primal; the JVP δy(t) = f'(x(t)) δx(t) is one product of series.
+
+    So reverse mode never differentiates the recurrence: the backward pass of a smooth
+    primitive is one batched multiply-and-sum with the stored coefficients of f'(x(t)).
+    """
+
+    def lists(x0, xs):
+        y, g = _smooth_lists(name, exponent, f0(x0), [x0, *jnp.unstack(xs)], order)
+        return y[0], jnp.stack(y[1:]), jnp.stack(g)
+
+    @jax.custom_jvp
+    def series(x0, xs):
+        y0, ys, _ = lists(x0, xs)
+        return y0, ys
+
+    def jvp(primals, tangents):
+        y0, ys, g = lists(*primals)
+        dx0, dxs = tangents
+        dys = jnp.zeros_like(ys)
+        if not isinstance(dxs, SymbolicZero):
+            dys = _apply_series(g, dxs, order)
+        dy0 = jnp.zeros_like(y0)
+        if not isinstance(dx0, SymbolicZero):  # a moving expansion point: g(t)·δx0
+            dy0 = g[0] * dx0
+            dys = dys + g[1:] * dx0[None]
+        return (y0, ys), (dy0, dys)
+
+    series.defjvp(jvp, symbolic_zeros=True)
+    return _Series(*series(x.x0, x.xs))
+
+
+def _divide(eqn, a, b, order):
+    """a / b with b a series: a · (1/b), the reciprocal a smooth unary series of b."""
+    r = _smooth_series("reciprocal", None, lambda b0: 1 / b0, b, order)
+    if not isinstance(a, _Series):
+        return _Series(jnp.multiply(a, r.x0), jnp.multiply(a, r.xs))
+    return _product(jnp.multiply, a, r, order, elementwise=True)
 
 
 def _nested(eqn, invals, order):

@@ -9,7 +9,8 @@ from taylorcli.engine.costs import compiled_flops
 def test_bench_writes_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     bench.main(["--arch", "cnn", "--width", "8", "--batch", "4", "--image", "12", "--orders",
-                "1,2,3,4", "--repeats", "1", "--no-memory", "--no-nested", "--json", str(out)])
+                "1,2,3,4", "--repeats", "1", "--compile-rounds", "1", "--no-memory", "--no-nested",
+                "--json", str(out)])
     fig = json.loads(out.read_text())
     assert set(fig["count"]) == {"1", "2", "3", "4"}
     # What XLA compiled is what the truncation plan counts (elementwise work on top: at this
@@ -19,6 +20,32 @@ def test_bench_writes_every_figure(tmp_path):
     assert fig["flops_vs_full"]["4"] < 0.5 * 5 * 4 / 3
     # In lockstep the orders share their primal passes at θ0.
     assert fig["lockstep_flops_vs_full"] < fig["separate_flops_vs_full"]
+
+
+def test_bench_transformer_compile_and_program_size(tmp_path):
+    # The transformer setting: per order its program size, tracing and compile time beside the
+    # full step's, and a taylor.py to compare with (here this one: the same program).
+    from taylorcli import taylor
+
+    out = tmp_path / "bench.json"
+    bench.main(["--arch", "vit", "--vit-width", "8", "--vit-depth", "1", "--vit-batch", "4",
+                "--vit-image", "8",
+                "--orders", "2", "--repeats", "1", "--compile-rounds", "1", "--no-memory",
+                "--no-first-step", "--compare-taylor", taylor.__file__, "--json", str(out)])
+    label = bench.Setting("vit", 1, 8, 2, 4, 8, (2,), channels=1, pad=2).label()
+    fig = json.loads(out.read_text())["per_setting"][label]
+    assert fig["full"]["hlo_ops"] > 0 and fig["full"]["compile_s"] > 0
+    order2 = fig["order2"]
+    assert 1 < order2["taylorize"]["flops_vs_full"] < order2["nested"]["flops_vs_full"]
+    assert order2["compare"]["hlo_vs_full"] == order2["taylorize"]["hlo_vs_full"]
+    for key in ("hlo_vs_full", "trace_vs_full", "compile_vs_full", "time_vs_flops"):
+        assert order2["taylorize"][key] > 0, key
+
+
+def test_transformer_first_step_in_a_fresh_process():
+    f = bench.first_step_cold(bench.Setting("vit", 1, 8, 2, 4, 8, (1,), channels=1, pad=2))
+    parts = ("imports_s", "setup_s", "trace_s", "compile_s", "run_s")
+    assert all(f[k] > 0 for k in parts) and f["total_s"] >= sum(f[k] for k in parts)
 
 
 def test_taylor_mode_needs_fewer_flops_than_nested_jvps_at_order_3():
