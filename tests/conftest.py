@@ -19,7 +19,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from taylorcli.engine import xla_flags
 from taylorcli.recipe import Recipe, recipe_from_dict
+
+
+def pytest_configure(config):
+    """This process compiles as the `taylorcli` command does (its CPU flags set before JAX starts
+    a backend): runs trained here and in the test's own processes then agree value for value."""
+    xla_flags.apply_defaults()
 
 # CNN-2-4 on 128 digits (4 steps per epoch), full network plus orders 1 and 2.
 TINY = {
