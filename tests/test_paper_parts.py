@@ -98,26 +98,59 @@ def _rows(values: dict, epochs=(0, 1, 2), spe=4):
     return rows
 
 
-def test_report_fits_theorem1_on_runs_differing_only_in_width(tmp_path):
-    """Hand-made runs whose order-k distance is c·m^(-k/2) · (1 + e): slopes −k/2 recovered."""
+T975 = {2: 4.302652729911275, 4: 2.7764451051977987}  # Student t quantiles, from tables
+
+
+def test_report_fits_theorem1_over_seeds_and_both_distances(tmp_path):
+    """Hand-made runs over widths 64..4096 and seeds 0-2 whose order-k distances are
+    c·m^(slope) with a known slope per seed: func_dist −k/2 + (−0.1, 0, 0.1), param_dist
+    −k/2 − 0.5 + (−0.1, 0, 0.1). The report's per-seed slopes, their mean, sd and t interval,
+    and its reading against −k/2 are recomputed here by hand."""
     base = recipe_from_dict({"name": "sweep", "model": {"arch": "mlp", "depth": 1}}).model_dump()
-    for m in (64, 256, 1024, 4096):
-        recipe = {**base, "model": {**base["model"], "width": m}}
-        values = {"full": lambda e: {},
-                  **{f"order{k}": (lambda e, k=k: {"func_dist": 0.7 * m ** (-k / 2) * e / 2})
-                     for k in (1, 2, 3)}}
-        _fake_run(tmp_path / "runs" / f"w{m}", recipe, _rows(values))
+    shift = {0: -0.1, 1: 0.0, 2: 0.1}
+    widths = (64, 256, 1024, 4096)
+    for seed, d in shift.items():
+        for m in widths:
+            recipe = {**base, "seed": seed, "model": {**base["model"], "width": m}}
+            values = {"full": lambda e: {},
+                      **{f"order{k}": (lambda e, k=k, m=m, d=d: {
+                          "func_dist": 0.7 * m ** (-k / 2 + d) * e / 2,
+                          "param_dist": 2.0 * m ** (-k / 2 - 0.5 + d) * e / 2})
+                         for k in (1, 2, 3)}}
+            rows = _rows(values)
+            for r in rows:  # _rows does not know param_dist
+                r["param_dist"] = values[r["model"]](r["epoch"]).get("param_dist", 0.0)
+            _fake_run(tmp_path / "runs" / f"w{m}_s{seed}", recipe, rows)
     # a run of another setting beside them is not part of the group
-    _fake_run(tmp_path / "runs" / "other", {**base, "seed": 5}, _rows({"full": lambda e: {}}))
+    _fake_run(tmp_path / "runs" / "other", {**base, "optim": {**base["optim"], "lr": 0.5}},
+              _rows({"full": lambda e: {}}))
     proc = taylorcli("report", tmp_path / "runs", "--out", tmp_path / "report", "--format", "csv")
     assert proc.returncode == 0, proc.stderr
     table = pd.read_csv(tmp_path / "report" / "theorem1.csv")
-    assert sorted(table["width"].unique()) == [64, 256, 1024, 4096]
-    for k, rows in table.groupby("order"):
-        assert rows["slope"].iloc[0] == pytest.approx(-k / 2, abs=1e-6)
-        assert (rows["bound_slope"] == -k / 2).all()
-        want = [0.7 * m ** (-k / 2) for m in rows["width"]]  # the maximum: at the last epoch
-        np.testing.assert_allclose(rows["max_func_dist"], want, rtol=1e-6)
+    slopes = pd.read_csv(tmp_path / "report" / "theorem1_slopes.csv")
+    assert sorted(table["width"].unique()) == list(widths) and (table["seeds"] == 3).all()
+    for (distance, m), rows in table.groupby(["distance", "width"]):
+        for k in (1, 2, 3):
+            c, e = (0.7, -k / 2) if distance == "func_dist" else (2.0, -k / 2 - 0.5)
+            want = [c * m ** (e + d) for d in shift.values()]  # the maximum: at the last epoch
+            assert rows[f"order{k}"].iloc[0] == pytest.approx(np.mean(want), rel=1e-6)
+            assert rows[f"order{k}_sd"].iloc[0] == pytest.approx(np.std(want, ddof=1), rel=1e-5)
+    half = T975[2] * 0.1 / math.sqrt(3)  # sd of (−0.1, 0, 0.1) is 0.1
+    for row in slopes.itertuples():
+        centre = -row.order / 2 - (0.5 if row.distance == "param_dist" else 0.0)
+        assert row.slope == pytest.approx(centre, abs=1e-6)
+        assert row.slope_sd == pytest.approx(0.1, rel=1e-5)
+        assert row.slope_low == pytest.approx(centre - half, rel=1e-5)
+        assert row.slope_high == pytest.approx(centre + half, rel=1e-5)
+        assert row.bound_slope == -row.order / 2 and row.seeds == 3 and row.widths == 4
+        # ±0.248 around −k/2 contains it; around −k/2 − 0.5 it lies wholly below
+        assert row.reading == (f"consistent with {-row.order / 2:g}" if row.distance == "func_dist"
+                               else f"steeper than {-row.order / 2:g}")
+    claims = pd.read_csv(tmp_path / "report" / "claims.csv")
+    t1 = claims[claims["paper"] == "Bai 2020 (Theorem 1)"]
+    assert len(t1) == 6
+    for row in t1.itertuples():
+        assert row.verdict == ("inconclusive" if "func_dist" in row.claim else "holds")
     assert list((tmp_path / "report" / "figures").glob("theorem1_*.png"))
 
 
@@ -168,6 +201,24 @@ def test_stability_criterion_on_hand_made_curves(curve, stable, why):
     assert v["stable"] == stable and why in v["reason"], v
 
 
+@pytest.mark.parametrize("curve, stable, why", [
+    # at chance (ln 10) for the first half, then learning fast: decreases, yet near chance
+    (np.concatenate([np.full(50, math.log(10)), np.linspace(2.3, 0.3, 50)]), False,
+     "near chance at window 5 of 10"),
+    # starts above chance (a badly scaled init), falls to chance and sits there
+    (np.concatenate([np.linspace(4.0, 2.3, 30), np.full(70, 2.25)]), False, "near chance"),
+    # clear of chance by the middle: 1.2 < 0.75 ln 10 = 1.727
+    (np.concatenate([np.linspace(2.3, 1.2, 50), np.linspace(1.2, 0.5, 50)]), True,
+     "decreases smoothly"),
+])
+def test_a_rate_must_leave_chance_by_the_middle_of_the_trial(curve, stable, why):
+    v = loss_curve_verdict(curve, initial=curve[0], chance=math.log(10))
+    assert v["stable"] == stable and why in v["reason"], v
+    # the middle window's mean and the threshold, computed by hand
+    assert v["clear_window_loss"] == pytest.approx(np.mean(curve[40:50]))
+    assert v["clear_threshold"] == pytest.approx(0.75 * min(curve[0], math.log(10)))
+
+
 def test_noise_within_the_tolerance_is_stable():
     rng = np.random.default_rng(2)
     curve = np.linspace(2.3, 1.0, 200) * (1 + rng.normal(0, 0.03, 200))  # per-step noise
@@ -187,7 +238,8 @@ def test_lr_search_chooses_the_largest_stable_rate(tmp_path):
     assert not table.set_index("lr").loc[1000, "stable"]  # so large that it blows up
     for lr, rows in curves.groupby("lr"):
         v = loss_curve_verdict(rows["loss"].to_numpy(),
-                               table.set_index("lr").loc[lr, "initial_loss"])
+                               table.set_index("lr").loc[lr, "initial_loss"],
+                               chance=math.log(10))
         assert v["stable"] == table.set_index("lr").loc[lr, "stable"]  # the verdict, recomputed
     stable = table[table["stable"]]["lr"]
     assert table[table["chosen"]]["lr"].tolist() == ([stable.max()] if len(stable) else [])
