@@ -160,8 +160,10 @@ def loss_curve_verdict(losses, initial: float | None = None, windows: int = 10,
     `losses` are the minibatch losses of consecutive steps; `initial` the loss at the
     initialization (default: the first step's, which is taken there). The curve is cut into
     `windows` equal windows of steps. It is stable when every loss is finite, no window's mean
-    rises by more than `tolerance` (relative) above the initial loss or above the previous
-    window's mean, and the last window's mean is below the initial loss. It also has to get
+    rises above the initial loss, or above the previous window's mean, by more than `tolerance`
+    times the initial loss, and the last window's mean is below the initial loss. (Rises are
+    measured on the initial loss's scale: minibatch noise of a few hundredths on a loss near 0
+    is a large relative rise, and no instability.) It also has to get
     clear of chance early: the mean of the window holding the fraction `clear_by` of the steps
     (the middle by default) must be at most (1 − `clear_drop`) × the reference loss, the smaller
     of the initial loss and `chance` (the loss of a predictor at chance level: ln C for
@@ -182,8 +184,9 @@ def loss_curve_verdict(losses, initial: float | None = None, windows: int = 10,
         return out
     start = float(losses[0] if initial is None else initial)
     means = np.array([w.mean() for w in np.array_split(losses, min(windows, len(losses)))])
-    # each window against the one before it, and the first window against the start
-    rises = np.concatenate([[means[0] / start - 1], means[1:] / means[:-1] - 1])
+    # each window against the one before it, and the first window against the start, in
+    # units of the initial loss
+    rises = np.concatenate([[means[0] - start], np.diff(means)]) / start
     above_start = means / start - 1
     reference = start if chance is None else min(start, float(chance))
     # the window holding step clear_by * len: the middle one by default
@@ -196,7 +199,8 @@ def loss_curve_verdict(losses, initial: float | None = None, windows: int = 10,
         out["reason"] = f"window {i + 1} is {100 * above_start[i]:.0f}% above the initial loss"
     elif rises.max() > tolerance:
         i = int(np.argmax(rises))
-        out["reason"] = f"the loss rose {100 * rises[i]:.0f}% from window {i} to {i + 1}"
+        out["reason"] = (f"the loss rose by {100 * rises[i]:.0f}% of the initial loss from "
+                         f"window {i} to {i + 1}")
     elif means[-1] >= start:
         out["reason"] = "the loss did not decrease"
     elif means[k] > threshold:

@@ -219,6 +219,19 @@ def test_a_rate_must_leave_chance_by_the_middle_of_the_trial(curve, stable, why)
     assert v["clear_threshold"] == pytest.approx(0.75 * min(curve[0], math.log(10)))
 
 
+def test_rises_are_measured_on_the_initial_losss_scale():
+    """0.032 -> 0.039 late in a trial is a 21% relative rise and minibatch noise, not an
+    instability (it rejected digits' lr 0.316 before); 0.4 -> 0.9 is one."""
+    tail = np.concatenate([np.linspace(2.3, 0.05, 60), np.full(10, 0.032), np.full(10, 0.039),
+                           np.full(20, 0.02)])
+    assert loss_curve_verdict(tail, initial=2.3, chance=math.log(10))["stable"]
+    jump = np.concatenate([np.linspace(2.3, 0.4, 60), np.full(10, 0.9), np.full(30, 0.3)])
+    v = loss_curve_verdict(jump, initial=2.3, chance=math.log(10))
+    rise = (0.9 - jump[50:60].mean()) / 2.3  # window 7 against window 6, by hand: 15%
+    assert not v["stable"] and v["largest_rise"] == pytest.approx(rise)
+    assert f"rose by {100 * rise:.0f}% of the initial loss from window 6 to 7" in v["reason"]
+
+
 def test_noise_within_the_tolerance_is_stable():
     rng = np.random.default_rng(2)
     curve = np.linspace(2.3, 1.0, 200) * (1 + rng.normal(0, 0.03, 200))  # per-step noise

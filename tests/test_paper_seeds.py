@@ -41,7 +41,8 @@ def test_seeds_expand_each_run_and_its_spawn_sweeps(tmp_path):
     path = manifest(tmp_path, seeds=[0, 3], run_seeds=[7])
     full = build_plan(load_manifest(str(path), "full"))
     names = [r.name for r in full.runs]
-    assert names == ["a_s0", "a_s3", "b_s7", "sweep_s0/at0", "sweep_s0/at1", "sweep_s3/at0",
+    # seed-major: every run's first seed, then the second; spawned runs after their parents
+    assert names == ["a_s0", "b_s7", "a_s3", "sweep_s0/at0", "sweep_s0/at1", "sweep_s3/at0",
                      "sweep_s3/at1"]
     by = full.by_name()
     assert [by[n].recipe.seed for n in ("a_s0", "a_s3", "b_s7")] == [0, 3, 7]
@@ -52,7 +53,7 @@ def test_seeds_expand_each_run_and_its_spawn_sweeps(tmp_path):
     small = build_plan(load_manifest(str(manifest(tmp_path / "s", seeds=[0],
                                                   small={"seeds": [1, 2]})), "small"))
     trains = [r for r in small.runs if r.kind == "train"]
-    assert [r.name for r in trains] == ["a_s1", "a_s2", "b_s1", "b_s2"]
+    assert [r.name for r in trains] == ["a_s1", "b_s1", "a_s2", "b_s2"]
     assert all(r.recipe.train.epochs == 1 and r.overrides[-1] == f"seed={r.recipe.seed}"
                for r in trains)
     assert [r.name for r in small.runs if r.kind == "spawn"] == ["sweep_s1/at0", "sweep_s2/at0"]

@@ -166,27 +166,30 @@ def seeded_name(name: str, seed: int) -> str:
 
 def expand_seeds(runs: tuple[RunEntry, ...], seeds: tuple[int, ...] | None
                  ) -> tuple[RunEntry, ...]:
-    """Each train run once per seed (its own seeds key, else `seeds`), its spawn sweeps with it."""
+    """Each train run once per seed (its own seeds key, else `seeds`), its spawn sweeps with it;
+    seed-major (every run's first seed, then every run's second, ...), so that a plan stopped
+    half-way has every setting at some seeds rather than some settings at every seed."""
     per_run = {r.name: (r.seeds if r.seeds is not None else seeds) for r in runs
                if r.spawn is None}
-    out: list[RunEntry] = []
-    for r in runs:
-        if r.spawn is None:
-            chosen = per_run[r.name]
-            if chosen is None:
-                out.append(r)
-                continue
-            out += [RunEntry(seeded_name(r.name, s), r.recipe, (*r.overrides, f"seed={s}"),
-                             r.feeds, None, None, r.name, s) for s in chosen]
-            continue
-        chosen = per_run[r.spawn.parent]
-        if chosen is None:
-            out.append(r)
-            continue
-        out += [RunEntry(seeded_name(r.name, s), None, r.overrides, r.feeds, SpawnSpec(
-            seeded_name(r.spawn.parent, s), r.spawn.at, r.spawn.orders, r.spawn.children),
-            None, r.name, s) for s in chosen]
-    return tuple(out)
+    out: list[tuple[int, int, RunEntry]] = []
+    for i, r in enumerate(runs):
+        parent = r.name if r.spawn is None else r.spawn.parent
+        chosen = per_run[parent]
+        for rank, entry in enumerate(_expanded(r, chosen)):
+            out.append((rank, i, entry))
+    return tuple(e for _, _, e in sorted(out, key=lambda t: (t[0], t[1])))
+
+
+def _expanded(r: RunEntry, chosen: tuple[int, ...] | None) -> list[RunEntry]:
+    """One run entry per seed of `chosen` (the entry itself without seeds)."""
+    if chosen is None:
+        return [r]
+    if r.spawn is None:
+        return [RunEntry(seeded_name(r.name, s), r.recipe, (*r.overrides, f"seed={s}"), r.feeds,
+                         None, None, r.name, s) for s in chosen]
+    return [RunEntry(seeded_name(r.name, s), None, r.overrides, r.feeds, SpawnSpec(
+        seeded_name(r.spawn.parent, s), r.spawn.at, r.spawn.orders, r.spawn.children), None,
+        r.name, s) for s in chosen]
 
 
 def _entry(raw: Any, i: int, source: str) -> RunEntry:

@@ -42,6 +42,8 @@ class PlanRun:
     orders: tuple[int, ...] = ()
     children: int = 0
     sweep: str | None = None  # a spawned run's sweep folder
+    setting: str = ""  # the manifest's name of the run, the same for each of its seeds
+    seed: int | None = None  # set by the manifest's seeds (None: the recipe's own)
     models: list[str] = field(default_factory=list)
     epochs: float = 0.0
     steps: int = 0
@@ -183,6 +185,7 @@ def build_plan(manifest: Manifest, data: str | None = None,
             arg = entry.recipe
         spe = _steps_per_epoch(recipe)
         run = PlanRun(entry.name, "train", entry.name, arg, tuple(sets), recipe, entry.feeds,
+                      setting=entry.setting, seed=entry.seed,
                       models=_models(recipe), epochs=float(recipe.train.epochs),
                       steps=recipe.train.epochs * spe,
                       evaluations=len(evaluation_steps(recipe, spe)))
@@ -210,6 +213,7 @@ def build_plan(manifest: Manifest, data: str | None = None,
             runs.append(PlanRun(f"{entry.name}/at{e:g}", "spawn", f"{entry.name}/at{e:g}",
                                 parent.name, (), cost, entry.feeds, at=e, orders=sp.orders,
                                 children=sp.children, sweep=entry.name, models=models,
+                                setting=f"{entry.setting}/at{e:g}", seed=entry.seed,
                                 epochs=epochs - e, steps=round((epochs - e) * spe),
                                 evaluations=1 + sum(p > round(e * spe) for p in points)))
     return Plan(manifest, runs, data, float(tflops))

@@ -17,9 +17,10 @@ from ..run.reading import Run
 
 # Averaged over seeds; the other columns (order, epoch, lr) are the same in every repeat.
 AVERAGED = ("train_loss", "train_acc", "test_loss", "test_acc", "cos_param", "cos_func",
-            "func_dist")
-# Besides the storage keys (recipe.STORAGE_KEYS): the seed itself, and the run's name.
-NOT_A_SETTING = ("seed", "name")
+            "func_dist", "param_dist")
+# Besides the storage keys (recipe.STORAGE_KEYS): the seed itself, the run's name, and a
+# spawned run's parent (each seed's spawned runs come from that seed's own parent run).
+NOT_A_SETTING = ("seed", "name", "spawn.parent")
 
 
 def repeat_key(run: Run) -> str:

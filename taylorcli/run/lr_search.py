@@ -4,13 +4,16 @@ Bai et al. chose, for each architecture, the largest learning rate in a grid und
 network's training loss decreases smoothly. Each rate trains the full network alone, from the
 recipe's θ0 on its data order and augmentation, for a few epochs at that constant rate; its
 minibatch losses are judged by `metrics.loss_curve_verdict` (finite; no tenth of the steps,
-averaged, more than 5% above the initial loss or the tenth before it; lower at the end than at
-the start; and clear of chance by the middle of the trial: the tenth of the steps that holds
-its middle at most 75% of the smaller of the initial loss and the chance-level loss, ln C for
-cross-entropy over C classes). The last rule is issue 21's: a loss that decreases at all let
-rates through at which the network sits near chance for half the trial (a CNN on digits at
-lr 0.316 for 5 epochs; a WideResNet for hundreds of steps). Writes lr_search.csv (the verdict
-per rate) and lr_curves.csv (every step's loss) into its own folder.
+averaged, above the initial loss or the tenth before it by more than 5% of the initial loss;
+lower at the end than at the start; and clear of chance by the middle of the trial: the tenth
+of the steps that holds its middle at most 75% of the smaller of the initial loss and the
+chance-level loss, ln C for cross-entropy over C classes). The last rule is issue 21's: a
+loss that decreases at all let rates through at which the network sits near chance for half
+the trial (a WideResNet for hundreds of steps). Rises are on the initial loss's scale, not
+relative to the window before: a loss of 0.03 that reads 0.04 in the next tenth is noise, not
+an instability. A trial as long as the run it chooses for (`--epochs`) judges the rate where
+it will be used. Writes lr_search.csv (the verdict per rate) and lr_curves.csv (every step's
+loss) into its own folder.
 """
 
 from __future__ import annotations
