@@ -48,7 +48,11 @@ def claims_of(root: Path, tmp_path: Path, cli: bool = False) -> pd.DataFrame:
     assert result.returncode == 0, result.stderr + result.stdout
     md = (out / "report.md").read_text()
     assert "## Claims" in md and md.index("## Claims") > md.index("## Figure 2")
-    return pd.read_csv(out / "claims.csv")
+    table = pd.read_csv(out / "claims.csv")
+    n = table["verdict"].value_counts()
+    assert (f"{len(table)} claims: {n.get(HOLDS, 0)} hold, {n.get(FAILS, 0)} fail, "
+            f"{n.get(INCONCLUSIVE, 0)} inconclusive.") in md
+    return table
 
 
 def ci(values) -> tuple[float, float]:

@@ -527,6 +527,9 @@ def claims_markdown(table: pd.DataFrame) -> str:
     """The Claims section's table for people: mean ± sd, the interval, the verdict."""
     if table.empty:
         return "No claim can be tested on these runs (see the notes).\n"
+    counts = table["verdict"].value_counts()
+    summary = (f"{len(table)} claims: {counts.get(HOLDS, 0)} hold, {counts.get(FAILS, 0)} fail, "
+               f"{counts.get(INCONCLUSIVE, 0)} inconclusive.\n\n")
     head = "| paper | claim | setting | quantity | mean ± sd | n | test | 95% interval | verdict |"
     lines = [head, "| --- | --- | --- | --- | ---: | ---: | --- | --- | --- |"]
     for r in table.itertuples(index=False):
@@ -536,4 +539,4 @@ def claims_markdown(table: pd.DataFrame) -> str:
         cells = [r.paper, claim, r.setting, r.quantity, f"{r.mean:+.4f}{sd}", str(r.n), r.test,
                  ci, f"**{r.verdict}**"]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+    return summary + "\n".join(lines) + "\n"
