@@ -145,7 +145,11 @@ def test_bai_claims_within_a_setting(tmp_path, tiny_dict):
     rows = [r for _, r in table.iterrows() if r["claim"] == "the full network is best"]
     lr005 = [r for r in rows if r["mean"] == pytest.approx(np.mean(other))]
     check(lr005[0], list(other), INCONCLUSIVE)
-    check(one(a, claim="test accuracy rises"), np.subtract(acc2, acc1), HOLDS)
+    rises = one(a, claim="test accuracy rises")
+    check(rises, np.subtract(acc2, acc1), HOLDS)
+    low, high = ci(np.subtract(acc2, acc1))  # the step k=1→2 on its own, in the detail
+    assert rises["detail"] == f"k=1→2: {np.mean(np.subtract(acc2, acc1)):+.4f} " \
+                              f"[{low:+.4f}, {high:+.4f}] holds"
     check(one(a, claim="cos_func rises"), np.subtract(cos2, cos1), FAILS)
     best = [r for r in rows if r["mean"] != pytest.approx(np.mean(other))][0]
     check(best, np.subtract(full, acc2), HOLDS)

@@ -299,3 +299,25 @@ def test_repeats_over_seeds_are_mean_and_sd_in_the_tables(tmp_path):
     assert lin["cos_param_ep1"] == pytest.approx(0.1) and lin["cos_param_ep1_sd"] == pytest.approx(0)
     assert lin["test_acc_ep2"] == pytest.approx(np.mean([0.50, 0.55, 0.40]))
     assert lin["seeds"] == 3
+
+
+def test_two_recipes_of_one_setting_are_averaged_each_over_its_own_seeds(tmp_path):
+    """cnnthick and table3_cnnthick are the same setting under two names (Table 3 reuses
+    CNNTHICK's): seeds 0-2 of each are two averaged runs, not six runs left apart."""
+    base = recipe_from_dict({"name": "cnnthick", "taylor": {"orders": [1]}}).model_dump()
+    for name, offset in (("cnnthick", 0.0), ("table3_cnnthick", 0.01)):
+        for seed in (0, 1, 2):
+            acc = 0.9 + offset + 0.01 * seed
+            _fake_run(tmp_path / "runs" / f"{name}_s{seed}", {**base, "name": name, "seed": seed},
+                      _rows({"full": lambda e, a=acc: {"test_acc": a},
+                             "order1": lambda e: {"test_acc": 0.5}}))
+    proc = taylorcli("report", tmp_path / "runs", "--out", tmp_path / "report", "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    t2 = pd.read_csv(tmp_path / "report" / "table2.csv")
+    full = t2[t2["model"] == "full network"].set_index("run")
+    assert set(full.index) == {"cnnthick_s0+cnnthick_s1+cnnthick_s2",
+                               "table3_cnnthick_s0+table3_cnnthick_s1+table3_cnnthick_s2"}
+    assert (full["seeds"] == 3).all()
+    assert full.loc["cnnthick_s0+cnnthick_s1+cnnthick_s2", "test_acc"] == pytest.approx(0.91)
+    assert full.loc["table3_cnnthick_s0+table3_cnnthick_s1+table3_cnnthick_s2",
+                    "test_acc"] == pytest.approx(0.92)

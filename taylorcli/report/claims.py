@@ -219,11 +219,13 @@ def _orders(run: Run) -> list[int]:
 
 
 def _steps_detail(group, metric: str, orders: list[int]) -> str:
+    """Each step up in order on its own: mean [95% interval] and its verdict."""
     parts = []
     for a, b in zip(orders, orders[1:]):
         d = one_sample(list(per_seed(group, lambda r: _final(r, f"order{b}", metric)
-                                     - _final(r, f"order{a}", metric)).values()))
-        parts.append(f"k={a}→{b}: {d.mean:+.4f}")
+                                     - _final(r, f"order{a}", metric)).values()), "paired t")
+        ci = f" [{d.low:+.4f}, {d.high:+.4f}]" if np.isfinite(d.low) else ""
+        parts.append(f"k={a}→{b}: {d.mean:+.4f}{ci} {verdict(d, 'greater')}")
     return "; ".join(parts)
 
 
