@@ -26,7 +26,7 @@ from .paper_tables import paper_mapping, run_notes, runs_table, table1, table2, 
 from .reference import PAPER_FILES, TITLES, load_paper, table1_setting
 from .repeats import group_repeats
 from .claims import RULE as CLAIMS_RULE, claims_markdown, claims_table
-from .width_scaling import theorem1_tables
+from .width_scaling import for_people, theorem1_tables
 from .tables import check_format, to_csv, to_markdown, write_text
 
 PAPER_LABEL = "paper (CIFAR-10, full scale)"  # what every *_paper column holds
@@ -207,7 +207,8 @@ def markdown(report: Report, results_dir: str | Path) -> str:
         if table.empty:
             parts.append("No runs of this table's settings (see the notes).\n")
         else:
-            parts.append(to_markdown(paper_headers(table)))
+            shown = for_people(table) if key == "theorem1" else table
+            parts.append(to_markdown(paper_headers(shown)))
         if key == "runs":
             parts.append("### Notes\n")
             parts.append("".join(f"- {n}\n" for n in report.notes) or "None.\n")

@@ -145,3 +145,14 @@ def theorem1_tables(runs: Sequence[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
         return pd.DataFrame(columns=COLUMNS), pd.DataFrame(columns=SLOPE_COLUMNS)
     return (pd.concat([p[0] for p in parts], ignore_index=True),
             pd.concat([p[1] for p in parts], ignore_index=True))
+
+
+def for_people(distances: pd.DataFrame) -> pd.DataFrame:
+    """The distance table with each orderK as 'x ± sd' in 3 significant digits: the distances
+    span six decades, where a fixed number of decimals shows 0.0000."""
+    out = distances.copy()
+    for c in [c for c in distances.columns if c.startswith("order") and not c.endswith("_sd")]:
+        sd = distances.get(f"{c}_sd", pd.Series(math.nan, index=distances.index))
+        out[c] = [("—" if not np.isfinite(v) else f"{v:.3g}" if not np.isfinite(e)
+                   else f"{v:.3g} ± {e:.2g}") for v, e in zip(distances[c], sd)]
+    return out.drop(columns=[c for c in distances.columns if c.endswith("_sd")])
