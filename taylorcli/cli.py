@@ -286,9 +286,10 @@ def lr_search(
     trains stably.
 
     Each rate trains the full network alone for --epochs epochs at that constant rate. Stable:
-    every minibatch loss finite; the loss, averaged over each tenth of the steps, never more
-    than 5% above the initial loss or above the tenth before; and lower at the end than at the
-    start. Prints and writes the verdict and evidence per rate, and the rate chosen.
+    every minibatch loss finite; the loss, averaged over each tenth of the steps, never above
+    the initial loss or the tenth before by more than 5% of the initial loss; lower at the end
+    than at the start; and clear of chance by mid-trial (at most 75% of ln C for C classes).
+    Prints and writes the verdict and evidence per rate, and the rate chosen.
 
     Example: taylorcli lr-search digits --lrs 0.01,0.03,0.1,0.3,1 --epochs 3
     """

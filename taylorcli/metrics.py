@@ -152,19 +152,29 @@ def trajectory_projection(reference, trajectories: dict) -> tuple[dict, np.ndarr
 
 
 def loss_curve_verdict(losses, initial: float | None = None, windows: int = 10,
-                       tolerance: float = 0.05) -> dict:
-    """Whether a training-loss curve decreases smoothly: the stability test of a learning rate.
+                       tolerance: float = 0.05, chance: float | None = None,
+                       clear_by: float = 0.5, clear_drop: float = 0.25) -> dict:
+    """Whether a training-loss curve decreases smoothly and leaves chance early: the test of a
+    learning rate.
 
     `losses` are the minibatch losses of consecutive steps; `initial` the loss at the
     initialization (default: the first step's, which is taken there). The curve is cut into
     `windows` equal windows of steps. It is stable when every loss is finite, no window's mean
-    rises by more than `tolerance` (relative) above the initial loss or above the previous
-    window's mean, and the last window's mean is below the initial loss. Returns the verdict,
-    why, and the figures it was judged on.
+    rises above the initial loss, or above the previous window's mean, by more than `tolerance`
+    times the initial loss, and the last window's mean is below the initial loss. (Rises are
+    measured on the initial loss's scale: minibatch noise of a few hundredths on a loss near 0
+    is a large relative rise, and no instability.) It also has to get
+    clear of chance early: the mean of the window holding the fraction `clear_by` of the steps
+    (the middle by default) must be at most (1 − `clear_drop`) × the reference loss, the smaller
+    of the initial loss and `chance` (the loss of a predictor at chance level: ln C for
+    cross-entropy over C classes; None: the initial loss alone). A rate whose network sits near
+    chance for half the trial and only then starts to learn is not the rate to train with.
+    Returns the verdict, why, and the figures it was judged on.
     """
     losses = np.asarray(losses, np.float64)
     out = {"stable": False, "reason": "", "first": float("nan"), "last": float("nan"),
-           "largest_rise": float("nan"), "diverged_at": -1}
+           "largest_rise": float("nan"), "diverged_at": -1, "clear_window_loss": float("nan"),
+           "clear_threshold": float("nan")}
     bad = np.flatnonzero(~np.isfinite(losses))
     if bad.size:
         out.update(reason=f"loss not finite from step {int(bad[0]) + 1}", diverged_at=int(bad[0]) + 1)
@@ -174,18 +184,28 @@ def loss_curve_verdict(losses, initial: float | None = None, windows: int = 10,
         return out
     start = float(losses[0] if initial is None else initial)
     means = np.array([w.mean() for w in np.array_split(losses, min(windows, len(losses)))])
-    # each window against the one before it, and the first window against the start
-    rises = np.concatenate([[means[0] / start - 1], means[1:] / means[:-1] - 1])
+    # each window against the one before it, and the first window against the start, in
+    # units of the initial loss
+    rises = np.concatenate([[means[0] - start], np.diff(means)]) / start
     above_start = means / start - 1
-    out.update(first=float(start), last=float(means[-1]), largest_rise=float(rises.max()))
+    reference = start if chance is None else min(start, float(chance))
+    # the window holding step clear_by * len: the middle one by default
+    k = min(len(means) - 1, max(0, int(np.ceil(clear_by * len(means))) - 1))
+    threshold = (1 - clear_drop) * reference
+    out.update(first=float(start), last=float(means[-1]), largest_rise=float(rises.max()),
+               clear_window_loss=float(means[k]), clear_threshold=float(threshold))
     if above_start.max() > tolerance:
         i = int(np.argmax(above_start))
         out["reason"] = f"window {i + 1} is {100 * above_start[i]:.0f}% above the initial loss"
     elif rises.max() > tolerance:
         i = int(np.argmax(rises))
-        out["reason"] = f"the loss rose {100 * rises[i]:.0f}% from window {i} to {i + 1}"
+        out["reason"] = (f"the loss rose by {100 * rises[i]:.0f}% of the initial loss from "
+                         f"window {i} to {i + 1}")
     elif means[-1] >= start:
         out["reason"] = "the loss did not decrease"
+    elif means[k] > threshold:
+        out["reason"] = (f"near chance at window {k + 1} of {len(means)}: loss {means[k]:.3g} > "
+                         f"{threshold:.3g} ({100 * (1 - clear_drop):.0f}% of {reference:.3g})")
     else:
         out.update(stable=True, reason="decreases smoothly")
     return out

@@ -1,6 +1,7 @@
 """A run's extra analyses: kernel dynamics (eval.kernel_n) and the closed form (eval.closed_form)."""
 
 import io
+import math
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +61,41 @@ def test_kernel_dynamics_of_a_run(tmp_path, tiny_recipe):
     with np.load(tmp_path / "run" / "kernels" / "step00000000.npz") as saved:
         np.testing.assert_allclose(saved["full"], flat @ flat.T, rtol=2e-4, atol=1e-4)
         np.testing.assert_allclose(saved["order1"], saved["full"], rtol=1e-5, atol=1e-5)
+        k0 = {m: saved[m].astype(np.float64) for m in ("full", "order1", "order2")}
+
+    # The relative change ‖K_t − K_0‖_F / ‖K_0‖_F, from the saved kernels by hand.
+    with np.load(tmp_path / "run" / "kernels" / "step00000008.npz") as saved:
+        for model, k0m in k0.items():
+            kt = saved[model].astype(np.float64)
+            want = math.sqrt(((kt - k0m) ** 2).sum()) / math.sqrt((k0m ** 2).sum())
+            assert last.loc[model, "relative_change"] == pytest.approx(want, rel=1e-6, abs=1e-12)
+    assert last.loc["order1", "relative_change"] < 1e-5  # constant tangent kernel
+    assert (table.loc[table["step"] == 0, "relative_change"] == 0).all()
+
+
+def test_relative_change_sees_a_rescaled_kernel_that_the_distance_does_not():
+    """Issue 21: a kernel shrunk by 16% is at distance 0 from its start, and 0.16 away in
+    relative Frobenius norm."""
+    from taylorcli.analyses.kernel_dynamics import relative_change
+    from taylorcli.analyses.ntk import kernel_distance
+
+    k = np.random.default_rng(0).normal(size=(5, 5))
+    k = k @ k.T
+    assert kernel_distance(k, 0.84 * k) == pytest.approx(0.0, abs=1e-12)
+    assert relative_change(k, 0.84 * k) == pytest.approx(0.16, rel=1e-12)
+    assert math.isnan(relative_change(np.zeros((2, 2)), np.eye(2)))
+
+
+def test_report_reads_kernels_written_before_the_relative_change(tmp_path, tiny_recipe):
+    """An old run's kernels.csv, without relative_change, still gives its kernel figure."""
+    out = tmp_path / "old"
+    train(tiny_recipe(*KERNELS), str(out), quiet())
+    table = pd.read_csv(out / "kernels.csv").drop(columns=["relative_change"])
+    table.to_csv(out / "kernels.csv", index=False)
+    from taylorcli.report.figures import kernel_figure
+    from taylorcli.run.reading import load_run
+
+    assert kernel_figure(load_run(out), out / "k.png").is_file()  # inside the run's folder
 
 
 def closed_form_gap(tmp_path, tiny_recipe, lr, epochs):

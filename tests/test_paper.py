@@ -49,23 +49,32 @@ def test_bundled_manifests_resolve_at_both_scales():
     from taylorcli.paper.manifest import bundled_papers, load_manifest
     from taylorcli.paper.plan import build_plan
 
-    assert {"bai2020", "fort2020", "lee2019"} <= set(bundled_papers())
-    for name in ("bai2020", "fort2020", "lee2019"):
+    assert {"bai2020", "fort2020", "lee2019", "theorem1"} <= set(bundled_papers())
+    for name in ("bai2020", "fort2020", "lee2019", "theorem1"):
         full, small = (build_plan(load_manifest(name, s)) for s in ("full", "small"))
-        trains = [r for r in full.runs if r.kind == "train"]
-        assert [r.name for r in trains] == [r.name for r in small.runs if r.kind == "train"]
-        for f, s in zip(trains, small.runs):
-            # the structure is kept: the orders, parameterization, lr and recipe name
+        trains = {r.setting: r for r in full.runs if r.kind == "train"}
+        smalls = [r for r in small.runs if r.kind == "train"]
+        # every setting of the paper at both scales, each at three seeds or more when small
+        assert list(dict.fromkeys(r.setting for r in smalls)) == list(trains)
+        assert all(sum(r.setting == n for r in smalls) >= 3 for n in trains), name
+        for s in smalls:
+            f = trains[s.setting]
+            # the structure is kept: the orders, parameterization, loss and recipe name
             assert f.recipe.taylor.orders == s.recipe.taylor.orders
             assert f.recipe.model.parameterization == s.recipe.model.parameterization
-            assert f.recipe.optim.lr == s.recipe.optim.lr or f.recipe.model.arch == "wrn"
+            assert f.recipe.train.loss == s.recipe.train.loss
             assert f.recipe.name == s.recipe.name
-            assert s.recipe.data.dataset == "digits"
-    bai = {r.name: r.recipe for r in build_plan(load_manifest("bai2020", "small")).runs}
+            assert s.recipe.data.dataset == "digits" and s.recipe.seed == s.seed
+    bai = {r.setting: r.recipe for r in build_plan(load_manifest("bai2020", "small")).runs}
     assert bai["table3_cnnthick"].model.width == 4 * bai["table3_cnnthin"].model.width
     assert bai["table3_cnnthick"].optim == bai["table3_cnnthin"].optim
-    assert bai["table4_lr0.1"].optim.lr == 10 * bai["table4_lr0.01"].optim.lr
+    assert bai["table3_cnnthick"].train == bai["table3_cnnthin"].train
+    assert bai["table4_lr0.1"].optim.lr == pytest.approx(10 * bai["table4_lr0.01"].optim.lr)
     assert bai["table4_ntk"].model.parameterization == "ntk"
+    assert bai["table4_ntk"].optim == bai["table4_lr0.1"].optim
+    assert all(r.optim.schedule == "constant" for n, r in bai.items() if n.startswith("table4"))
+    assert bai["cnnthick"].model.width == 4 * bai["cnnthin"].model.width
+    assert bai["wrnthick"].model.widen == 2 * bai["wrnthin"].model.widen
     fort = build_plan(load_manifest("fort2020", "full"))
     spawned = [r for r in fort.runs if r.kind == "spawn"]
     assert [r.at for r in spawned] == [0, 1, 2, 5, 10, 20, 40, 80]

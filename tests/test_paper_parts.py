@@ -98,26 +98,62 @@ def _rows(values: dict, epochs=(0, 1, 2), spe=4):
     return rows
 
 
-def test_report_fits_theorem1_on_runs_differing_only_in_width(tmp_path):
-    """Hand-made runs whose order-k distance is c·m^(-k/2) · (1 + e): slopes −k/2 recovered."""
+T975 = {2: 4.302652729911275, 4: 2.7764451051977987}  # Student t quantiles, from tables
+
+
+def test_report_fits_theorem1_over_seeds_and_both_distances(tmp_path):
+    """Hand-made runs over widths 64..4096 and seeds 0-2 whose order-k distances are
+    c·m^(slope) with a known slope per seed: func_dist −k/2 + (−0.1, 0, 0.1), param_dist
+    −k/2 − 0.5 + (−0.1, 0, 0.1). The report's per-seed slopes, their mean, sd and t interval,
+    and its reading against −k/2 are recomputed here by hand."""
     base = recipe_from_dict({"name": "sweep", "model": {"arch": "mlp", "depth": 1}}).model_dump()
-    for m in (64, 256, 1024, 4096):
-        recipe = {**base, "model": {**base["model"], "width": m}}
-        values = {"full": lambda e: {},
-                  **{f"order{k}": (lambda e, k=k: {"func_dist": 0.7 * m ** (-k / 2) * e / 2})
-                     for k in (1, 2, 3)}}
-        _fake_run(tmp_path / "runs" / f"w{m}", recipe, _rows(values))
+    shift = {0: -0.1, 1: 0.0, 2: 0.1}
+    widths = (64, 256, 1024, 4096)
+    for seed, d in shift.items():
+        for m in widths:
+            recipe = {**base, "seed": seed, "model": {**base["model"], "width": m}}
+            values = {"full": lambda e: {},
+                      **{f"order{k}": (lambda e, k=k, m=m, d=d: {
+                          "func_dist": 0.7 * m ** (-k / 2 + d) * e / 2,
+                          "param_dist": 2.0 * m ** (-k / 2 - 0.5 + d) * e / 2})
+                         for k in (1, 2, 3)}}
+            rows = _rows(values)
+            for r in rows:  # _rows does not know param_dist
+                r["param_dist"] = values[r["model"]](r["epoch"]).get("param_dist", 0.0)
+            _fake_run(tmp_path / "runs" / f"w{m}_s{seed}", recipe, rows)
     # a run of another setting beside them is not part of the group
-    _fake_run(tmp_path / "runs" / "other", {**base, "seed": 5}, _rows({"full": lambda e: {}}))
+    _fake_run(tmp_path / "runs" / "other", {**base, "optim": {**base["optim"], "lr": 0.5}},
+              _rows({"full": lambda e: {}}))
     proc = taylorcli("report", tmp_path / "runs", "--out", tmp_path / "report", "--format", "csv")
     assert proc.returncode == 0, proc.stderr
     table = pd.read_csv(tmp_path / "report" / "theorem1.csv")
-    assert sorted(table["width"].unique()) == [64, 256, 1024, 4096]
-    for k, rows in table.groupby("order"):
-        assert rows["slope"].iloc[0] == pytest.approx(-k / 2, abs=1e-6)
-        assert (rows["bound_slope"] == -k / 2).all()
-        want = [0.7 * m ** (-k / 2) for m in rows["width"]]  # the maximum: at the last epoch
-        np.testing.assert_allclose(rows["max_func_dist"], want, rtol=1e-6)
+    slopes = pd.read_csv(tmp_path / "report" / "theorem1_slopes.csv")
+    assert sorted(table["width"].unique()) == list(widths) and (table["seeds"] == 3).all()
+    for (distance, m), rows in table.groupby(["distance", "width"]):
+        for k in (1, 2, 3):
+            c, e = (0.7, -k / 2) if distance == "func_dist" else (2.0, -k / 2 - 0.5)
+            want = [c * m ** (e + d) for d in shift.values()]  # the maximum: at the last epoch
+            assert rows[f"order{k}"].iloc[0] == pytest.approx(np.mean(want), rel=1e-6)
+            assert rows[f"order{k}_sd"].iloc[0] == pytest.approx(np.std(want, ddof=1), rel=1e-5)
+    half = T975[2] * 0.1 / math.sqrt(3)  # sd of (−0.1, 0, 0.1) is 0.1
+    for row in slopes.itertuples():
+        centre = -row.order / 2 - (0.5 if row.distance == "param_dist" else 0.0)
+        assert row.slope == pytest.approx(centre, abs=1e-6)
+        assert row.slope_sd == pytest.approx(0.1, rel=1e-5)
+        assert row.slope_low == pytest.approx(centre - half, rel=1e-5)
+        assert row.slope_high == pytest.approx(centre + half, rel=1e-5)
+        assert row.bound_slope == -row.order / 2 and row.seeds == 3 and row.widths == 4
+        # ±0.248 around −k/2 contains it; around −k/2 − 0.5 it lies wholly below
+        assert row.reading == (f"consistent with {-row.order / 2:g}" if row.distance == "func_dist"
+                               else f"steeper than {-row.order / 2:g}")
+    claims = pd.read_csv(tmp_path / "report" / "claims.csv")
+    t1 = claims[claims["paper"] == "Bai 2020 (Theorem 1)"]
+    assert len(t1) == 12  # two claims, two distances, three orders
+    for row in t1.itertuples():
+        if "at least as fast" in row.claim:  # the bound: slope <= −k/2
+            assert row.verdict == ("inconclusive" if "func_dist" in row.claim else "holds")
+        else:  # the reading: slope within −k/2 ± 0.25; ±0.248 is inside, −0.5 ± 0.248 outside
+            assert row.verdict == ("holds" if "func_dist" in row.claim else "fails")
     assert list((tmp_path / "report" / "figures").glob("theorem1_*.png"))
 
 
@@ -168,6 +204,37 @@ def test_stability_criterion_on_hand_made_curves(curve, stable, why):
     assert v["stable"] == stable and why in v["reason"], v
 
 
+@pytest.mark.parametrize("curve, stable, why", [
+    # at chance (ln 10) for the first half, then learning fast: decreases, yet near chance
+    (np.concatenate([np.full(50, math.log(10)), np.linspace(2.3, 0.3, 50)]), False,
+     "near chance at window 5 of 10"),
+    # starts above chance (a badly scaled init), falls to chance and sits there
+    (np.concatenate([np.linspace(4.0, 2.3, 30), np.full(70, 2.25)]), False, "near chance"),
+    # clear of chance by the middle: 1.2 < 0.75 ln 10 = 1.727
+    (np.concatenate([np.linspace(2.3, 1.2, 50), np.linspace(1.2, 0.5, 50)]), True,
+     "decreases smoothly"),
+])
+def test_a_rate_must_leave_chance_by_the_middle_of_the_trial(curve, stable, why):
+    v = loss_curve_verdict(curve, initial=curve[0], chance=math.log(10))
+    assert v["stable"] == stable and why in v["reason"], v
+    # the middle window's mean and the threshold, computed by hand
+    assert v["clear_window_loss"] == pytest.approx(np.mean(curve[40:50]))
+    assert v["clear_threshold"] == pytest.approx(0.75 * min(curve[0], math.log(10)))
+
+
+def test_rises_are_measured_on_the_initial_losss_scale():
+    """0.032 -> 0.039 late in a trial is a 21% relative rise and minibatch noise, not an
+    instability (it rejected digits' lr 0.316 before); 0.4 -> 0.9 is one."""
+    tail = np.concatenate([np.linspace(2.3, 0.05, 60), np.full(10, 0.032), np.full(10, 0.039),
+                           np.full(20, 0.02)])
+    assert loss_curve_verdict(tail, initial=2.3, chance=math.log(10))["stable"]
+    jump = np.concatenate([np.linspace(2.3, 0.4, 60), np.full(10, 0.9), np.full(30, 0.3)])
+    v = loss_curve_verdict(jump, initial=2.3, chance=math.log(10))
+    rise = (0.9 - jump[50:60].mean()) / 2.3  # window 7 against window 6, by hand: 15%
+    assert not v["stable"] and v["largest_rise"] == pytest.approx(rise)
+    assert f"rose by {100 * rise:.0f}% of the initial loss from window 6 to 7" in v["reason"]
+
+
 def test_noise_within_the_tolerance_is_stable():
     rng = np.random.default_rng(2)
     curve = np.linspace(2.3, 1.0, 200) * (1 + rng.normal(0, 0.03, 200))  # per-step noise
@@ -187,7 +254,8 @@ def test_lr_search_chooses_the_largest_stable_rate(tmp_path):
     assert not table.set_index("lr").loc[1000, "stable"]  # so large that it blows up
     for lr, rows in curves.groupby("lr"):
         v = loss_curve_verdict(rows["loss"].to_numpy(),
-                               table.set_index("lr").loc[lr, "initial_loss"])
+                               table.set_index("lr").loc[lr, "initial_loss"],
+                               chance=math.log(10))
         assert v["stable"] == table.set_index("lr").loc[lr, "stable"]  # the verdict, recomputed
     stable = table[table["stable"]]["lr"]
     assert table[table["chosen"]]["lr"].tolist() == ([stable.max()] if len(stable) else [])
@@ -234,3 +302,25 @@ def test_repeats_over_seeds_are_mean_and_sd_in_the_tables(tmp_path):
     assert lin["cos_param_ep1"] == pytest.approx(0.1) and lin["cos_param_ep1_sd"] == pytest.approx(0)
     assert lin["test_acc_ep2"] == pytest.approx(np.mean([0.50, 0.55, 0.40]))
     assert lin["seeds"] == 3
+
+
+def test_two_recipes_of_one_setting_are_averaged_each_over_its_own_seeds(tmp_path):
+    """cnnthick and table3_cnnthick are the same setting under two names (Table 3 reuses
+    CNNTHICK's): seeds 0-2 of each are two averaged runs, not six runs left apart."""
+    base = recipe_from_dict({"name": "cnnthick", "taylor": {"orders": [1]}}).model_dump()
+    for name, offset in (("cnnthick", 0.0), ("table3_cnnthick", 0.01)):
+        for seed in (0, 1, 2):
+            acc = 0.9 + offset + 0.01 * seed
+            _fake_run(tmp_path / "runs" / f"{name}_s{seed}", {**base, "name": name, "seed": seed},
+                      _rows({"full": lambda e, a=acc: {"test_acc": a},
+                             "order1": lambda e: {"test_acc": 0.5}}))
+    proc = taylorcli("report", tmp_path / "runs", "--out", tmp_path / "report", "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    t2 = pd.read_csv(tmp_path / "report" / "table2.csv")
+    full = t2[t2["model"] == "full network"].set_index("run")
+    assert set(full.index) == {"cnnthick_s0+cnnthick_s1+cnnthick_s2",
+                               "table3_cnnthick_s0+table3_cnnthick_s1+table3_cnnthick_s2"}
+    assert (full["seeds"] == 3).all()
+    assert full.loc["cnnthick_s0+cnnthick_s1+cnnthick_s2", "test_acc"] == pytest.approx(0.91)
+    assert full.loc["table3_cnnthick_s0+table3_cnnthick_s1+table3_cnnthick_s2",
+                    "test_acc"] == pytest.approx(0.92)

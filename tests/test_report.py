@@ -152,6 +152,8 @@ def test_table2_final_accuracy_paper_and_difference(results):
     t2 = pd.read_csv(out / "table2.csv")
     paper = pd.read_csv(PAPER / "table2_final_test_accuracy.csv").set_index("model")
     assert len(t2) == len([*RUNS, KILLED]) * 3
+    # digits runs are not the paper's CIFAR-10 setting: its numbers beside them, no difference
+    assert "diff" not in t2.columns
     for row in t2.itertuples():
         run = root / row.run
         assert row.epoch == last_epoch(run)
@@ -159,15 +161,42 @@ def test_table2_final_accuracy_paper_and_difference(results):
         assert same(row.test_acc, ours)
         if load_recipe_of(run).name == "cnnthin":
             assert same(row.test_acc_paper, paper.loc[row.model, "CNNTHIN"])
-            assert same(row.diff, ours - paper.loc[row.model, "CNNTHIN"])
         else:
-            assert math.isnan(row.test_acc_paper) and math.isnan(row.diff)
+            assert math.isnan(row.test_acc_paper)
+    md = (out / "report.md").read_text()
+    assert "test_acc: paper (CIFAR-10, full scale)" in md  # the paper's column says whose it is
+    assert "| diff |" not in md
     killed = t2[t2["run"] == KILLED]
     assert (killed["epoch"] == 1).all()
     # The fixture is only a test if the three models' accuracies differ.
     for run, epoch in (("cnnthin", EPOCHS), (KILLED, 1)):
         m = metrics(root / run)
         assert m.loc[np.isclose(m["epoch"], epoch), "test_acc"].nunique() == 3
+
+
+def test_difference_only_for_a_run_of_the_papers_own_setting(tmp_path):
+    """A run of the bundled CNNTHIN recipe as it is (CIFAR-10, its length, batch and schedule;
+    cut after epoch 1, as a killed run) gets ours − paper; a digits run beside it does not."""
+    from taylorcli.recipe import load_named_recipe
+
+    cifar = recipe_to_dict(load_named_recipe("cnnthin", ["taylor.orders=[1]"]))
+    hand_run(tmp_path / "runs" / "cifar", cifar, 0, last_epoch=1)
+    digits = recipe_to_dict(recipe_from_dict(
+        {**cifar, "data": {"dataset": "digits", "pad": 1, "flip": False},
+         "model": {**cifar["model"], "width": 8}, "train": {**cifar["train"], "epochs": 2,
+                                                            "batch_size": 64},
+         "optim": {**cifar["optim"], "decay_epochs": []}}, "digits"))
+    hand_run(tmp_path / "runs" / "digits", digits, 1)
+    result = invoke("report", tmp_path / "runs", "--format", "csv", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    t2 = pd.read_csv(tmp_path / "out" / "table2.csv")
+    paper = pd.read_csv(PAPER / "table2_final_test_accuracy.csv").set_index("model")
+    for row in t2.itertuples():
+        assert same(row.test_acc_paper, paper.loc[row.model, "CNNTHIN"])  # both map to CNNTHIN
+        if row.run == "cifar":
+            assert same(row.diff, row.test_acc - paper.loc[row.model, "CNNTHIN"])
+        else:
+            assert math.isnan(row.diff)
 
 
 @pytest.mark.parametrize("key,paper_csv,runs", [
@@ -220,10 +249,11 @@ def test_markdown_shows_the_same_numbers(results):
     for shown, row in zip(t2.to_dict("records"), csv.itertuples()):
         assert shown["run"] == row.run and shown["model"] == row.model
         assert float(shown["test_acc"]) == pytest.approx(row.test_acc, abs=5e-5)
-        if math.isnan(row.diff):
-            assert shown["diff"] == "—"
+        paper = shown["test_acc: paper (CIFAR-10, full scale)"]
+        if math.isnan(row.test_acc_paper):
+            assert paper == "—"
         else:
-            assert float(shown["diff"]) == pytest.approx(row.diff, abs=5e-5)
+            assert float(paper) == pytest.approx(row.test_acc_paper, abs=5e-5)
     for name in RUNS:
         assert f"figures/figure2_{name}.png" in md and f"figures/figure3_{name}.png" in md
 

@@ -3,7 +3,13 @@
 The kernels are taken on a fixed subset of `eval.kernel_n` training examples (standardized, not
 augmented) and saved in kernels/stepNNNNNNNN.npz; kernels.csv has, per model and evaluation
 point, the kernel's norm, its distance from the run's first kernel and from the previous one,
-and the kernel velocity (distance from the previous kernel per epoch).
+the kernel velocity (distance from the previous kernel per epoch), and the relative change
+from the first kernel, ‖K_t − K_0‖_F / ‖K_0‖_F.
+
+The distance (Fort et al.'s S = 1 − <K1, K2> / (‖K1‖ ‖K2‖)) is blind to scale: a kernel that
+shrinks by 16% along its own direction is at distance 0. The relative change sees both its
+direction and its scale, so a kernel that looks frozen by the distance but is not shows here
+(issue 21). Runs written before the column was added read as before (no relative change).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from ..taylor import taylorize
 from .ntk import kernel_distance, ntk
 
 COLUMNS = ["model", "epoch", "step", "kernel_norm", "distance_from_start",
-           "distance_from_previous", "velocity"]
+           "distance_from_previous", "velocity", "relative_change"]
 
 
 def kernel_subset(train_size: int, n: int, seed: int) -> np.ndarray:
@@ -83,7 +89,8 @@ class KernelDynamics:
             rows.append({"model": name, "epoch": round(epoch, 6), "step": step,
                          "kernel_norm": float(np.linalg.norm(k)),
                          "distance_from_start": _distance(self._first[1][name], k),
-                         "distance_from_previous": gap, "velocity": gap / dt})
+                         "distance_from_previous": gap, "velocity": gap / dt,
+                         "relative_change": relative_change(self._first[1][name], k)})
         return rows
 
     def _earlier(self, step: int):
@@ -105,3 +112,10 @@ class KernelDynamics:
 def _distance(k1, k2) -> float:
     # A zero kernel (every ReLU dead) has no direction: its distance is undefined, not an error.
     return kernel_distance(k1, k2) if np.any(k1) and np.any(k2) else float("nan")
+
+
+def relative_change(k0, k) -> float:
+    """‖K − K0‖_F / ‖K0‖_F: how far a kernel moved from K0, in K0's own scale (NaN for K0 = 0)."""
+    k0, k = np.asarray(k0, np.float64), np.asarray(k, np.float64)
+    norm = np.linalg.norm(k0)
+    return float(np.linalg.norm(k - k0) / norm) if norm > 0 else float("nan")

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..errors import PaperError
 from .manifest import load_manifest
-from .plan import DEFAULT_TFLOPS, Plan, build_plan, plan_csv, plan_rows, totals
+from .plan import DEFAULT_TFLOPS, TIMED_STEPS, Plan, build_plan, plan_csv, plan_rows, totals
 
 ACTIONS = ("plan", "local", "slurm", "status", "report")
 
@@ -44,18 +44,47 @@ def _fmt_plan(plan: Plan) -> pd.DataFrame:
         "FLOPs total": table["flops_total"].map(lambda v: f"{v:.3g}" if pd.notna(v) else ""),
         "memory GiB": table["memory_gib"].map(lambda v: f"{v:.2f}" if pd.notna(v) else ""),
         "GPU-h": table["gpu_hours"].map(lambda v: f"{v:.2f}" if pd.notna(v) else "")})
+    if table["est_wall_s"].notna().any():
+        out["s/step here"] = table["step_s"].map(lambda v: f"{v:.3g}" if pd.notna(v) else "")
+        out["est. wall here"] = table["est_wall_s"].map(_duration)
     return out
 
 
+def _duration(seconds) -> str:
+    """Seconds for people: 45 s, 12.5 min, 2.3 h."""
+    if seconds is None or pd.isna(seconds):
+        return ""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _load() -> str:
+    """The machine's load (1, 5, 15 minutes) and core count, for the estimate's conditions."""
+    import os
+
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return f"{os.cpu_count()} cores"
+    return f"{os.cpu_count()} cores, load average {one:.1f} / {five:.1f} / {fifteen:.1f}"
+
+
 def plan_action(name: str, scale: str, out: Path, data: str | None, tflops: float,
-                say=print) -> Outcome:
-    """--plan: every run with its models, steps, parameters, FLOPs, memory and GPU-hours; plan.csv."""
+                say=print, time_here: bool | None = None) -> Outcome:
+    """--plan: every run with its models, steps, parameters, FLOPs, memory and GPU-hours, and at
+    small scale (or `time_here`) its wall time here, estimated from steps and evaluations
+    timed on this machine; plan.csv."""
     from .folder import claim_folder, write_file
-    from .plan import add_costs
+    from .plan import add_costs, add_wall_times
 
     plan = _plan(name, scale, data, tflops)
     claim_folder(plan, out)  # before minutes of compiling: a bad --out fails at once
     add_costs(plan, say)
+    timing = scale == "small" if time_here is None else time_here
+    load = _load() if timing else ""  # before the timing adds its own load
+    if timing:
+        add_wall_times(plan, say)
     path = write_file(out, "plan.csv", plan_csv(plan))
     t = totals(plan)
     o = Outcome(files=[path])
@@ -70,6 +99,19 @@ def plan_action(name: str, scale: str, out: Path, data: str | None, tflops: floa
                    f"evaluations, compilation and data loading are not counted. FLOPs and "
                    f"memory: XLA's analysis of the compiled lockstep step, as `train --dry-run` "
                    f"(compiled here for {jax.default_backend()})")
+    if t["est_wall_s"] is not None:
+        untimed = sorted({r.name.split("/")[0] for r in plan.runs
+                          if r.recipe.eval.kernel_n or r.recipe.eval.closed_form
+                          or r.children >= 2})
+        o.lines.append(
+            f"estimated wall time here: {_duration(t['est_wall_s'])} for all {t['runs']} runs, "
+            f"one after another (`paper local`). Measured on this machine ({load} before "
+            f"timing): per distinct setting, the compilation of its step and evaluation, then "
+            f"{TIMED_STEPS} lockstep steps and one evaluation timed; a run's estimate is "
+            f"compile + steps x s/step + evaluations x s/evaluation. Other jobs sharing the "
+            f"machine slow it down in proportion"
+            + (f"; not timed: the analyses of {', '.join(untimed)} (kernels, closed form, "
+               f"children's barriers), which add to it" if untimed else ""))
     o.lines.append(f"wrote {path}")
     return o
 

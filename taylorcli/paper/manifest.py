@@ -7,10 +7,19 @@ the reports they feed, as YAML data shipped in taylorcli/paper/data/NAME.yaml.
     runs:
       - {name: cnnthin, recipe: cnnthin, set: [], feeds: [Table 1, Table 2, Figure 2]}
       - {name: spawn, spawn: {parent: parent, at: [0, 1, 2], orders: [1, 2], children: 2}}
+    seeds: [0]                      # optional: every train run once per seed
     small:                          # --scale small
       cifar: [data.dataset=digits, ...]    # every run whose data is CIFAR
       runs: {cnnthin: [model.width=16, ...]}
       spawn_at: {spawn: [0, 1, 2]}         # a spawn run's epochs at this scale
+      seeds: [0, 1, 2]                     # the seeds at this scale
+
+Seeds: a `seeds` list (the manifest's, or small.seeds at small scale, or a run's own `seeds`
+key, which wins) expands each train run into one run per seed, named NAME_sSEED (its folder
+says the seed) with `seed=SEED` as its last `--set` value; a spawn sweep over an expanded
+parent is expanded with it (SWEEP_sSEED from PARENT_sSEED). Without a seeds list a run keeps
+its name and its recipe's seed. The report averages runs that differ only in their seed
+(report/repeats.py) and tests the papers' claims over them (report/claims.py).
 
 A manifest may also be given by path (a YAML file of the same shape).
 """
@@ -30,7 +39,8 @@ from ..recipe import MAX_RECIPE_BYTES, parse_yaml
 SCALES = ("full", "small")
 REPORTS = ("paper", "spawn")
 CIFAR = ("cifar10", "cifar100")
-_RUN_KEYS = {"name", "recipe", "set", "feeds", "spawn"}
+_RUN_KEYS = {"name", "recipe", "set", "feeds", "spawn", "seeds"}
+MAX_SEEDS = 100
 MAX_RUNS = 1000  # the largest real plan has 13 runs; a plan is resolved and costed run by run
 # Names become folder names, log names and SLURM job names: no spaces, quotes or control
 # characters that a file name, a shell or an #SBATCH line would read differently.
@@ -57,6 +67,14 @@ class RunEntry:
     overrides: tuple[str, ...] = ()
     feeds: tuple[str, ...] = ()
     spawn: SpawnSpec | None = None
+    seeds: tuple[int, ...] | None = None  # the run's own seeds key (before expansion)
+    base: str | None = None  # an expanded run: the manifest's name for it (small.runs keys)
+    seed: int | None = None  # an expanded run: its seed
+
+    @property
+    def setting(self) -> str:
+        """The manifest's name of this run (the same for every seed of it)."""
+        return self.base or self.name
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,7 @@ class Manifest:
     small_cifar: tuple[str, ...] = ()
     small_runs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     path: str | None = None  # the manifest's file when given by path (SLURM scripts name it)
+    seeds: tuple[int, ...] | None = None  # the seeds at this scale (None: the recipes' own)
 
 
 def bundled_papers() -> dict[str, Any]:
@@ -128,6 +147,51 @@ def _spawn(raw: Any, where: str) -> SpawnSpec:
                      children)
 
 
+def _seeds(value: Any, where: str) -> tuple[int, ...] | None:
+    """A seeds list: distinct integers in [0, 2^32), at most MAX_SEEDS; None when absent."""
+    if value is None:
+        return None
+    ok = isinstance(value, list) and 0 < len(value) <= MAX_SEEDS and all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32 for v in value)
+    if not ok or len(set(value)) != len(value):
+        raise PaperError(f"{where}: expected a list of 1 to {MAX_SEEDS} distinct seeds (integers "
+                         f">= 0), got {value!r}")
+    return tuple(value)
+
+
+def seeded_name(name: str, seed: int) -> str:
+    """The run (and folder) name of one seed of a run: NAME_sSEED."""
+    return f"{name}_s{seed}"
+
+
+def expand_seeds(runs: tuple[RunEntry, ...], seeds: tuple[int, ...] | None
+                 ) -> tuple[RunEntry, ...]:
+    """Each train run once per seed (its own seeds key, else `seeds`), its spawn sweeps with it;
+    seed-major (every run's first seed, then every run's second, ...), so that a plan stopped
+    half-way has every setting at some seeds rather than some settings at every seed."""
+    per_run = {r.name: (r.seeds if r.seeds is not None else seeds) for r in runs
+               if r.spawn is None}
+    out: list[tuple[int, int, RunEntry]] = []
+    for i, r in enumerate(runs):
+        parent = r.name if r.spawn is None else r.spawn.parent
+        chosen = per_run[parent]
+        for rank, entry in enumerate(_expanded(r, chosen)):
+            out.append((rank, i, entry))
+    return tuple(e for _, _, e in sorted(out, key=lambda t: (t[0], t[1])))
+
+
+def _expanded(r: RunEntry, chosen: tuple[int, ...] | None) -> list[RunEntry]:
+    """One run entry per seed of `chosen` (the entry itself without seeds)."""
+    if chosen is None:
+        return [r]
+    if r.spawn is None:
+        return [RunEntry(seeded_name(r.name, s), r.recipe, (*r.overrides, f"seed={s}"), r.feeds,
+                         None, None, r.name, s) for s in chosen]
+    return [RunEntry(seeded_name(r.name, s), None, r.overrides, r.feeds, SpawnSpec(
+        seeded_name(r.spawn.parent, s), r.spawn.at, r.spawn.orders, r.spawn.children), None,
+        r.name, s) for s in chosen]
+
+
 def _entry(raw: Any, i: int, source: str) -> RunEntry:
     where = f"{source}: runs[{i}]"
     if not isinstance(raw, dict) or "name" not in raw:
@@ -144,9 +208,13 @@ def _entry(raw: Any, i: int, source: str) -> RunEntry:
     if ("recipe" in raw) == ("spawn" in raw):
         raise PaperError(f"{where} ({name}): expected exactly one of recipe and spawn")
     spawn = _spawn(raw["spawn"], f"{where} ({name}): key spawn") if "spawn" in raw else None
+    if spawn is not None and "seeds" in raw:
+        raise PaperError(f"{where} ({name}): key seeds: a spawn sweep takes its parent's seeds; "
+                         f"expected seeds on the parent run")
     return RunEntry(name, str(raw["recipe"]) if "recipe" in raw else None,
                     _strings(raw.get("set"), f"{where} ({name}): key set"),
-                    _strings(raw.get("feeds"), f"{where} ({name}): key feeds"), spawn)
+                    _strings(raw.get("feeds"), f"{where} ({name}): key feeds"), spawn,
+                    _seeds(raw.get("seeds"), f"{where} ({name}): key seeds"))
 
 
 def load_manifest(name: str, scale: str = "full") -> Manifest:
@@ -160,10 +228,10 @@ def load_manifest(name: str, scale: str = "full") -> Manifest:
         raise PaperError(str(e)) from None
     if not isinstance(raw, dict) or not isinstance(raw.get("runs"), list) or not raw["runs"]:
         raise PaperError(f"{source}: expected a mapping with a non-empty list 'runs'")
-    unknown = set(raw) - {"name", "title", "report", "runs", "small"}
+    unknown = set(raw) - {"name", "title", "report", "runs", "small", "seeds"}
     if unknown:
         raise PaperError(f"{source}: unknown key {sorted(unknown)[0]!r}; expected name, title, "
-                         f"report, runs, small")
+                         f"report, runs, seeds, small")
     if len(raw["runs"]) > MAX_RUNS:
         raise PaperError(f"{source}: {len(raw['runs'])} runs; expected at most {MAX_RUNS} (split "
                          f"the plan into several manifests)")
@@ -192,8 +260,12 @@ def load_manifest(name: str, scale: str = "full") -> Manifest:
         raise PaperError(f"{source}: key report: {bad[0]!r}; expected a list of "
                          f"{', '.join(REPORTS)}")
     small = raw.get("small") or {}
-    if not isinstance(small, dict) or set(small) - {"cifar", "runs", "spawn_at"}:
-        raise PaperError(f"{source}: key small: expected a mapping with cifar, runs, spawn_at")
+    if not isinstance(small, dict) or set(small) - {"cifar", "runs", "spawn_at", "seeds"}:
+        raise PaperError(f"{source}: key small: expected a mapping with cifar, runs, spawn_at, "
+                         f"seeds")
+    seeds = _seeds(raw.get("seeds"), f"{source}: key seeds")
+    if scale == "small" and "seeds" in small:
+        seeds = _seeds(small["seeds"], f"{source}: key small.seeds")
     spawn_at = small.get("spawn_at") or {}
     sweeps = {r.name: r for r in runs if r.spawn is not None}
     if not isinstance(spawn_at, dict) or set(spawn_at) - set(sweeps):
@@ -209,9 +281,18 @@ def load_manifest(name: str, scale: str = "full") -> Manifest:
         extra = sorted(set(small_runs) - trains) if isinstance(small_runs, dict) else small_runs
         raise PaperError(f"{source}: key small.runs: expected a mapping of the train runs' "
                          f"names to --set lists, got {extra!r}")
+    runs = expand_seeds(runs, seeds)
+    if len(runs) > MAX_RUNS:
+        raise PaperError(f"{source}: {len(runs)} runs over the seeds; expected at most "
+                         f"{MAX_RUNS} (split the plan into several manifests)")
+    names = [r.name for r in runs]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise PaperError(f"{source}: run name {clash[0]!r} appears twice once the seeds are "
+                         f"expanded (NAME_sSEED); rename one run")
     return Manifest(
         name=paper_name, title=" ".join(title.split()),
-        scale=scale, source=source, runs=runs, reports=reports,
+        scale=scale, source=source, runs=runs, reports=reports, seeds=seeds,
         small_cifar=_strings(small.get("cifar"), f"{source}: key small.cifar"),
         small_runs={k: _strings(v, f"{source}: key small.runs.{k}")
                     for k, v in small_runs.items()},

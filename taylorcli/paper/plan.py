@@ -22,7 +22,9 @@ DEFAULT_TFLOPS = 20.0  # an assumption: sustained lockstep throughput of one GPU
 COST_FREE = ("name", "seed", "optim.lr", "optim.schedule", "optim.decay_epochs",
              "optim.decay_factor", "train.epochs", "eval.", "checkpoint.")
 PLAN_COLUMNS = ["run", "kind", "recipe", "overrides", "models", "epochs", "steps", "params",
-                "flops_per_step", "flops_total", "memory_gib", "gpu_hours"]
+                "flops_per_step", "flops_total", "memory_gib", "gpu_hours", "evaluations",
+                "compile_s", "step_s", "eval_s", "est_wall_s"]
+TIMED_STEPS = 10  # lockstep steps timed per setting, after one that compiles
 
 
 @dataclass
@@ -40,12 +42,26 @@ class PlanRun:
     orders: tuple[int, ...] = ()
     children: int = 0
     sweep: str | None = None  # a spawned run's sweep folder
+    setting: str = ""  # the manifest's name of the run, the same for each of its seeds
+    seed: int | None = None  # set by the manifest's seeds (None: the recipe's own)
     models: list[str] = field(default_factory=list)
     epochs: float = 0.0
     steps: int = 0
     params: int | None = None
     flops_per_step: float | None = None
     memory_bytes: int | None = None
+    evaluations: int = 0
+    compile_s: float | None = None  # measured here: compiling the step and the evaluation
+    step_s: float | None = None  # measured here: seconds per lockstep step
+    eval_s: float | None = None  # measured here: seconds per evaluation point
+
+    @property
+    def est_wall_s(self) -> float | None:
+        """Estimated wall seconds here: compilation + steps x step_s + evaluations x eval_s."""
+        if self.step_s is None:
+            return None
+        return (self.compile_s or 0.0) + self.steps * self.step_s + \
+            self.evaluations * (self.eval_s or 0.0)
 
     @property
     def stage(self) -> int:
@@ -143,6 +159,8 @@ def _steps_per_epoch(recipe: Recipe) -> int:
 def build_plan(manifest: Manifest, data: str | None = None,
                tflops: float = DEFAULT_TFLOPS) -> Plan:
     """Resolve every run of the manifest (recipes validated, `--data` checked); costs not yet."""
+    from ..run.schedule import evaluation_steps
+
     if not (isinstance(tflops, (int, float)) and math.isfinite(tflops) and tflops > 0):
         raise PaperError(f"--tflops {tflops}: expected a number > 0 (TFLOP/s per GPU)")
     data_sets = data_overrides(data)
@@ -156,16 +174,21 @@ def build_plan(manifest: Manifest, data: str | None = None,
         if base.data.dataset in CIFAR:
             sets += manifest.small_cifar if manifest.scale == "small" else data_sets
         if manifest.scale == "small":
-            sets += manifest.small_runs.get(entry.name, ())
+            sets += manifest.small_runs.get(entry.setting, ())
+        if entry.seed is not None:  # last, so that nothing before it sets another seed
+            sets = [s for s in sets if s != f"seed={entry.seed}"] + [f"seed={entry.seed}"]
         recipe = _recipe(entry, sets, manifest.source)
         if manifest.path is not None:  # a manifest file's own recipes are named from its folder
             resolved = resolve_recipe(entry.recipe)
             arg = str(Path(str(resolved)).resolve()) if isinstance(resolved, Path) else entry.recipe
         else:
             arg = entry.recipe
+        spe = _steps_per_epoch(recipe)
         run = PlanRun(entry.name, "train", entry.name, arg, tuple(sets), recipe, entry.feeds,
+                      setting=entry.setting, seed=entry.seed,
                       models=_models(recipe), epochs=float(recipe.train.epochs),
-                      steps=recipe.train.epochs * _steps_per_epoch(recipe))
+                      steps=recipe.train.epochs * spe,
+                      evaluations=len(evaluation_steps(recipe, spe)))
         runs.append(run)
         trains[entry.name] = run
     for entry in manifest.runs:
@@ -183,13 +206,16 @@ def build_plan(manifest: Manifest, data: str | None = None,
                                                  "models=null", f"spawn.children={sp.children}"],
                        manifest.source)
         spe = _steps_per_epoch(parent.recipe)
+        points = evaluation_steps(parent.recipe, spe)
         for e in sp.at:
             models = [FULL, *(spawned_name(e, k) for k in sp.orders),
                       *(child_name(i) for i in range(sp.children))]
             runs.append(PlanRun(f"{entry.name}/at{e:g}", "spawn", f"{entry.name}/at{e:g}",
                                 parent.name, (), cost, entry.feeds, at=e, orders=sp.orders,
                                 children=sp.children, sweep=entry.name, models=models,
-                                epochs=epochs - e, steps=round((epochs - e) * spe)))
+                                setting=f"{entry.setting}/at{e:g}", seed=entry.seed,
+                                epochs=epochs - e, steps=round((epochs - e) * spe),
+                                evaluations=1 + sum(p > round(e * spe) for p in points)))
     return Plan(manifest, runs, data, float(tflops))
 
 
@@ -213,6 +239,62 @@ def add_costs(plan: Plan, report=None) -> Plan:
     return plan
 
 
+def time_setting(recipe: Recipe, steps: int = TIMED_STEPS) -> tuple[float, float, float]:
+    """(compile seconds, seconds per lockstep step, seconds per evaluation) of a recipe, measured
+    here on its real data: one step and one evaluation compile, then `steps` steps and one
+    evaluation are timed. The analyses (kernels, closed form, children's barriers) are not."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    from .. import data as data_lib
+    from ..engine.evaluation import Evaluator
+    from ..engine.lockstep import epoch_permutations, make_train_step
+    from ..engine.setup import build_setup
+
+    with jax.enable_x64(recipe.train.precision == "float64"):
+        ds = data_lib.load_for_recipe(recipe)
+        setup = build_setup(data_lib.with_data_stats(recipe, ds), ds)
+        engine = setup.engine
+        state = setup.initial_state()
+        step_fn = jax.jit(make_train_step(engine, recipe.seed), donate_argnums=0)
+        perm = epoch_permutations(engine, recipe.seed, 0, len(ds.train_y))
+        x, y = jnp.asarray(ds.train_x), jnp.asarray(ds.train_y)
+        t0 = time.perf_counter()
+        state, last = step_fn(state, perm, x, y)
+        jax.block_until_ready(last)
+        evaluator = Evaluator(engine, ds, recipe.eval.batch_size, state)
+        evaluator(state, 1, 0.0, recipe.optim.lr)
+        compiled = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state, last = step_fn(state, perm, x, y)
+        jax.block_until_ready((state, last))
+        per_step = (time.perf_counter() - t0) / steps
+        t0 = time.perf_counter()
+        evaluator(state, steps + 1, 0.0, recipe.optim.lr)
+        per_eval = time.perf_counter() - t0
+    return compiled, per_step, per_eval
+
+
+def add_wall_times(plan: Plan, report=None) -> Plan:
+    """Each distinct setting's compile, step and evaluation time measured here (time_setting),
+    so that every run has an estimated wall time on this machine."""
+    seen: dict[str, tuple] = {}
+    for run in plan.runs:
+        key = setting_key(run.recipe, ignore=COST_FREE)
+        if key not in seen:
+            if report is not None:
+                report(f"timing {run.name}'s lockstep step and evaluation here ...")
+            seen[key] = time_setting(run.recipe)
+            run.compile_s = seen[key][0]  # compiled once per setting with a warm cache after
+        else:
+            run.compile_s = 0.0
+        _, run.step_s, run.eval_s = seen[key]
+    return plan
+
+
 def plan_rows(plan: Plan) -> list[dict]:
     """One row per run, in PLAN_COLUMNS (values as numbers; None where not costed)."""
     rows = []
@@ -226,7 +308,9 @@ def plan_rows(plan: Plan) -> list[dict]:
             "params": r.params, "flops_per_step": r.flops_per_step,
             "flops_total": r.flops_total,
             "memory_gib": None if r.memory_bytes is None else r.memory_bytes / 2**30,
-            "gpu_hours": plan.gpu_hours(r)})
+            "gpu_hours": plan.gpu_hours(r), "evaluations": r.evaluations,
+            "compile_s": r.compile_s, "step_s": r.step_s, "eval_s": r.eval_s,
+            "est_wall_s": r.est_wall_s})
     return rows
 
 
@@ -244,7 +328,9 @@ def plan_csv(plan: Plan) -> str:
 def totals(plan: Plan) -> dict:
     """Steps, FLOPs and GPU-hours of the whole plan, and its largest run's memory."""
     costed = [r for r in plan.runs if r.flops_total is not None]
+    timed = [r.est_wall_s for r in plan.runs if r.est_wall_s is not None]
     return {"runs": len(plan.runs), "steps": sum(r.steps for r in plan.runs),
+            "est_wall_s": sum(timed) if timed else None,
             "flops_total": sum(r.flops_total for r in costed) if costed else None,
             "gpu_hours": sum(plan.gpu_hours(r) for r in costed) if costed else None,
             "memory_gib": max((r.memory_bytes for r in costed), default=0) / 2**30

@@ -134,10 +134,16 @@ def _short(layer: str) -> str:
 # ---- the analyses' figures ----
 
 def kernel_figure(run: Run, path: str | Path) -> Path | None:
-    """Kernel distance from the start and kernel velocity against epochs, one line per model."""
+    """Kernel distance from the start, kernel velocity and (where recorded) the relative change
+    ‖K_t − K_0‖_F / ‖K_0‖_F against epochs, one line per model."""
     table = _table(run, "kernels.csv")
-    return None if table is None else _two_panels(run, table, [("distance_from_start", "kernel distance from start"),
-                                    ("velocity", "kernel velocity (per epoch)")], path)
+    if table is None:
+        return None
+    panels = [("distance_from_start", "kernel distance from start"),
+              ("velocity", "kernel velocity (per epoch)")]
+    if "relative_change" in table.columns:  # runs before issue 21 do not have it
+        panels.append(("relative_change", "‖K − K0‖ / ‖K0‖"))
+    return _two_panels(run, table, panels, path)
 
 
 def closed_form_figure(run: Run, path: str | Path) -> Path | None:
@@ -156,7 +162,7 @@ def _table(run: Run, name: str) -> pd.DataFrame | None:
 def _two_panels(run: Run, table: pd.DataFrame, panels, path, extra=None) -> Path:
     colours = _colours(run)
     with matplotlib.rc_context(STYLE):
-        fig, axes = _subplots(1, 2, figsize=(WIDTH_IN, 1.8), squeeze=False)
+        fig, axes = _subplots(1, len(panels), figsize=(WIDTH_IN, 1.8), squeeze=False)
         for ax, (column, title) in zip(axes.flat, panels):
             for model in run.models:
                 rows = table[table["model"] == model].sort_values("epoch")
@@ -263,26 +269,44 @@ def figure1(run: Run, path: str | Path, max_examples: int = 2000) -> Path | None
 
 # ---- Theorem 1: distance against width, log-log ----
 
-def theorem1_figure(table: pd.DataFrame, path: str | Path) -> Path:
-    """Each order's largest func_dist against width (log-log), its fitted slope in the legend,
-    and the bound's slope −k/2 drawn beside it (dashed, through the narrowest width's point)."""
+def theorem1_figure(distances: pd.DataFrame, slopes: pd.DataFrame, path: str | Path) -> Path:
+    """One panel per distance (func_dist, param_dist): each order's largest distance over
+    training against width (log-log), mean over seeds with ±1 sd bars, its mean per-seed slope
+    and 95% interval in the legend, and the bound's slope −k/2 dashed through the narrowest
+    width's point."""
+    kinds = [d for d in ("func_dist", "param_dist") if d in set(distances["distance"])]
+    titles = {"func_dist": "max over training of ‖f_k − f‖ (RMS, test)",
+              "param_dist": "max over training of ‖θ_k − θ‖"}
     with matplotlib.rc_context(STYLE):
-        fig, axes = _subplots(1, 1, figsize=(WIDTH_IN, 2.6), squeeze=False)
-        ax = axes[0, 0]
-        for i, (order, rows) in enumerate(table.groupby("order")):
-            rows = rows.sort_values("width")
-            colour = ORDER_COLOURS[(int(order) - 1) % len(ORDER_COLOURS)]
-            ax.plot(rows["width"], rows["max_func_dist"], marker="o", ms=3, color=colour,
-                    label=f"k={order}: slope {rows['slope'].iloc[0]:.2f} (bound {-order / 2:g})")
-            w0, d0 = float(rows["width"].iloc[0]), float(rows["max_func_dist"].iloc[0])
-            ws = rows["width"].to_numpy(dtype=float)
-            ax.plot(ws, d0 * (ws / w0) ** (-order / 2), ls="--", lw=0.8, color=colour)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("width m")
-        ax.set_ylabel("max over training of ‖f_k − f‖ (RMS)")
-        ax.grid(alpha=0.25, lw=0.5, which="both")
-        ax.legend(frameon=False, fontsize=5.5)
+        fig, axes = _subplots(1, len(kinds), figsize=(WIDTH_IN, 2.6), squeeze=False)
+        for ax, kind in zip(axes.flat, kinds):
+            rows = distances[distances["distance"] == kind].sort_values("width")
+            orders = sorted(int(c[5:]) for c in rows.columns
+                            if c.startswith("order") and not c.endswith("_sd")
+                            and rows[c].notna().any())
+            for order in orders:
+                colour = ORDER_COLOURS[(order - 1) % len(ORDER_COLOURS)]
+                ws = rows["width"].to_numpy(dtype=float)
+                ds = rows[f"order{order}"].to_numpy(dtype=float)
+                sd = rows.get(f"order{order}_sd", pd.Series(np.nan, index=rows.index))
+                s = slopes[(slopes["distance"] == kind) & (slopes["order"] == order)]
+                text = f"k={order}"
+                if len(s):
+                    r = s.iloc[0]
+                    text += f": {r['slope']:.2f}" + (
+                        f" [{r['slope_low']:.2f}, {r['slope_high']:.2f}]"
+                        if np.isfinite(r["slope_low"]) else "")
+                ax.errorbar(ws, ds, yerr=np.nan_to_num(sd.to_numpy(dtype=float)), marker="o",
+                            ms=3, color=colour, lw=1.0, capsize=1.5, label=text)
+                ax.plot(ws, ds[0] * (ws / ws[0]) ** (-order / 2), ls="--", lw=0.8,
+                        color=colour)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("width m")
+            ax.set_title(titles[kind], pad=2)
+            ax.grid(alpha=0.25, lw=0.5, which="both")
+            ax.legend(frameon=False, fontsize=5.0, title="slope [95% CI]",
+                      title_fontsize=5.0)
         fig.tight_layout(pad=0.3)
         return _save(fig, Path(path))
 

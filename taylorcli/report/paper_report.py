@@ -25,8 +25,11 @@ from .paper_tables import paper_mapping, run_notes, runs_table, table1, table2, 
     table34
 from .reference import PAPER_FILES, TITLES, load_paper, table1_setting
 from .repeats import group_repeats
-from .width_scaling import theorem1_tables
+from .claims import RULE as CLAIMS_RULE, claims_markdown, claims_table
+from .width_scaling import for_people, theorem1_tables
 from .tables import check_format, to_csv, to_markdown, write_text
+
+PAPER_LABEL = "paper (CIFAR-10, full scale)"  # what every *_paper column holds
 
 
 def _run_name(root: Path, path: Path) -> str:
@@ -46,6 +49,7 @@ class Report:
     files: list[Path] = field(default_factory=list)
     out: Path | None = None
     runs: list[Run] = field(default_factory=list)
+    claims: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def build_report(results_dir: str | Path = "runs", out: str | Path | None = None,
@@ -71,6 +75,7 @@ def build_report(results_dir: str | Path = "runs", out: str | Path | None = None
                           f"readable; {name}: {why})")
     skipped_rows = [note for r in runs for note in r.notes]
     runs, merge_notes = merge_runs(runs)  # subset runs of one recipe, as if in lockstep
+    singles = list(runs)  # one run per seed: what the claims and Theorem 1 test over seeds
     runs, repeat_notes = group_repeats(runs)  # the same setting over several seeds
     merge_notes += repeat_notes
     paper = load_paper(paper_dir)
@@ -94,14 +99,20 @@ def build_report(results_dir: str | Path = "runs", out: str | Path | None = None
         epochs = " and ".join(f"{e:g}" for e in paper.epochs(key)) or "—"
         report.tables[key] = (f"{TITLES[key]}, at epochs {epochs}",
                               table34(runs, key, paper, notes))
-    scaling = theorem1_tables(runs)
-    if not scaling.empty:
-        report.tables["theorem1"] = (TITLE_THEOREM1, scaling)
+    distances, slopes = theorem1_tables(singles)
+    if not distances.empty:
+        report.tables["theorem1"] = (TITLE_THEOREM1, distances)
+        report.tables["theorem1_slopes"] = (TITLE_SLOPES, slopes)
+    report.claims = claims_table(singles, paper)
     return report
 
 
-TITLE_THEOREM1 = ("Theorem 1: the largest distance ‖f_k − f‖ over training against width, and "
-                  "its log-log slope beside the bound's −k/2")
+TITLE_THEOREM1 = ("Theorem 1: the largest distance over training between each order's model "
+                  "and the network (func_dist: RMS of f_k − f on the test set; param_dist: "
+                  "‖θ_k − θ‖), mean ± sd over seeds, against width")
+TITLE_SLOPES = ("Theorem 1: per order, the log-log slope of the largest distance against width "
+                "(mean of the per-seed least-squares slopes, 95% t interval over seeds) beside "
+                "the bound's −k/2")
 
 
 def _slug(name: str) -> str:
@@ -128,11 +139,13 @@ def write_report(report: Report, fmt: str = "md", results_dir: str | Path = "run
         text = dump_recipe(r.config) if r.parts else (r.path / "recipe.yaml").read_text()
         report.files.append(write_text(out / "recipes" / f"{_slug(r.name)}.yaml", text))
     if "theorem1" in report.tables:
-        table = report.tables["theorem1"][1]
+        table, slopes = report.tables["theorem1"][1], report.tables["theorem1_slopes"][1]
         for name, rows in table.groupby("group", sort=False):
-            fig = theorem1_figure(rows, out / "figures" / f"theorem1_{_slug(name)}.png")
+            fig = theorem1_figure(rows, slopes[slopes["group"] == name],
+                                  out / "figures" / f"theorem1_{_slug(name)}.png")
             report.theorem1_figures.append(fig)
             report.files.append(fig)
+    report.files.append(write_text(out / "claims.csv", to_csv(report.claims)))
     if fmt == "csv":
         for key, (_, table) in report.tables.items():
             report.files.append(write_text(out / f"{key}.csv", to_csv(table)))
@@ -140,6 +153,12 @@ def write_report(report: Report, fmt: str = "md", results_dir: str | Path = "run
     else:
         report.files.append(write_text(out / "report.md", markdown(report, results_dir)))
     return report
+
+
+def paper_headers(table: pd.DataFrame) -> pd.DataFrame:
+    """For people: the paper's columns (X_paper) named as the paper's, with its dataset and scale."""
+    return table.rename(columns={c: f"{c.removesuffix('_paper')}: {PAPER_LABEL}"
+                                 for c in table.columns if c.endswith("_paper")})
 
 
 def _run_figures(report: Report, r: Run, figures: Path) -> None:
@@ -172,27 +191,34 @@ def markdown(report: Report, results_dir: str | Path) -> str:
     parts = [
         "# Taylorized training: tables and figures from runs\n",
         f"From the {len(runs)} run(s) under `{Path(results_dir).as_posix()}`, with the numbers of "
-        f"Bai et al. (2020) (shipped in `taylorcli/paper/data/`) beside ours. Accuracies and cosines are on the "
-        f"test set. \"Final\" is a run's last evaluation (its last epoch if incomplete). Tables 3 "
-        f"and 4 take each value at the requested epoch, or at the nearest earlier evaluated "
-        f"epoch, which the `epoch_epN` columns show. Each run's resolved recipe is in "
-        f"`recipes/`.\n",
+        f"Bai et al. (2020) (shipped in `taylorcli/paper/data/`) beside ours. The paper's "
+        f"columns, marked \"{PAPER_LABEL}\", are its CIFAR-10 numbers at its own scale; a run "
+        f"whose setting differs from the paper's (another dataset, width, batch or length: "
+        f"the notes say how) is shown beside them for orientation, with no difference "
+        f"computed. Accuracies and cosines are on the test set. Runs repeated over seeds show "
+        f"mean ± sample sd. \"Final\" is a run's last evaluation (its last epoch if "
+        f"incomplete). Tables 3 and 4 take each value at the requested epoch, or at the nearest "
+        f"earlier evaluated epoch, which the `epoch_epN` columns show. Each run's resolved "
+        f"recipe is in `recipes/`. The Claims section at the end tests the papers' claims over "
+        f"the seeds.\n",
     ]
     for key, (title, table) in report.tables.items():
         parts.append(f"## {title}\n")
         if table.empty:
             parts.append("No runs of this table's settings (see the notes).\n")
         else:
-            parts.append(to_markdown(table))
+            shown = for_people(table) if key == "theorem1" else table
+            parts.append(to_markdown(paper_headers(shown)))
         if key == "runs":
             parts.append("### Notes\n")
             parts.append("".join(f"- {n}\n" for n in report.notes) or "None.\n")
     if report.theorem1_figures:
         parts.append("### Theorem 1, log-log\n")
-        parts.append("Each order's largest function-space distance from the full network over "
-                     "the run against the width; dashed: the bound's slope −k/2 through the "
-                     "narrowest width. The theorem bounds the distance; a measured slope "
-                     "steeper than −k/2 is within the bound, a shallower one is not.\n")
+        parts.append("Each order's largest distance from the network over the run against the "
+                     "width, in function space and in weight space, mean over seeds with ±1 sd "
+                     "bars; dashed: the bound's slope −k/2 through the narrowest width. The "
+                     "theorem bounds the distance: a slope at or below −k/2 is consistent with "
+                     "it (not a confirmation of it); an interval wholly above −k/2 is not.\n")
         for fig in report.theorem1_figures:
             parts.append(f"![{fig.stem}]({fig.relative_to(report.out).as_posix()})\n")
     if any(report.figure1.values()):
@@ -234,6 +260,9 @@ def markdown(report: Report, results_dir: str | Path) -> str:
             for fig in report.analysis_figures.get(r.name, []):
                 rel = fig.relative_to(report.out).as_posix()
                 parts.append(f"![{fig.stem}, {r.name}]({rel})\n")
+    parts.append("## Claims\n")
+    parts.append(CLAIMS_RULE + " The same table, at full precision: `claims.csv`.\n")
+    parts.append(claims_markdown(report.claims))
     return "\n".join(parts)
 
 

@@ -53,13 +53,24 @@ def table1(runs: list[Run], settings: dict[str, str], paper: Paper) -> pd.DataFr
     return table
 
 
+def same_as_paper(run: Run, setting: str | None, paper: Paper) -> bool:
+    """Whether a run's setting is the paper's own (Table 1's row: dataset, architecture, length,
+    batch, optimizer, schedule), so that a difference from the paper's number means something."""
+    t1 = paper.tables["table1"]
+    if not setting or t1 is None or setting not in set(t1["name"]):
+        return False
+    return not setting_differences(run.config, t1.set_index("name").loc[setting])
+
+
 def table2(runs: list[Run], settings: dict[str, str], paper: Paper) -> pd.DataFrame:
-    """Final (last evaluated) test accuracy of every model of every run, the paper's beside, and ours − paper."""
+    """Final (last evaluated) test accuracy of every model of every run, the paper's beside, and
+    ours − paper where the run's setting is the paper's (no `diff` column when none is)."""
     t2 = paper.tables["table2"]
     ref_orders = {} if t2 is None else {paper_order(m): i for i, m in enumerate(t2["model"])}
     rows = []
     for r in runs:
         setting = settings.get(r.name)
+        same = same_as_paper(r, setting, paper)
         final = r.final()
         for model in r.models:
             order = r.order_of(model)
@@ -71,10 +82,12 @@ def table2(runs: list[Run], settings: dict[str, str], paper: Paper) -> pd.DataFr
                          "model": TABLE2_LABELS.get(order, f"order {order} (k={order})"),
                          "epoch": r.last_epoch, "test_acc": ours,
                          **_spread(r, final, model, "test_acc"), "test_acc_paper": ref,
-                         "diff": ours - ref})
+                         "diff": ours - ref if same else math.nan})
     spread = ["test_acc_sd", "seeds"] if any(r.seeds for r in runs) else []
-    return pd.DataFrame(rows, columns=["run", "setting", "model", "epoch", "test_acc",
-                                       *spread[:1], "test_acc_paper", "diff", *spread[1:]])
+    table = pd.DataFrame(rows, columns=["run", "setting", "model", "epoch", "test_acc",
+                                        *spread[:1], "test_acc_paper", "diff", *spread[1:]])
+    # A difference across settings that differ (digits against CIFAR-10) means nothing.
+    return table if table["diff"].notna().any() else table.drop(columns="diff")
 
 
 def _spread(run: Run, final: pd.DataFrame, model: str, metric: str) -> dict:

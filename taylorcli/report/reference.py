@@ -119,9 +119,12 @@ def schedule(recipe) -> str:
     if o.schedule == "warmup_cosine":
         return f"warmup {o.warmup_epochs} + cosine" + (
             f" to x{o.final_lr_factor:g}" if o.final_lr_factor else "")
-    if o.schedule == "constant" or not o.decay_epochs:
+    # decay_fractions are read as the epochs they fall on, so a relative schedule on the
+    # paper's length reads as the paper's own ("x0.1 at 100, 150")
+    at = list(o.decay_epochs) or [f * recipe.train.epochs for f in o.decay_fractions]
+    if o.schedule == "constant" or not at:
         return "constant"
-    return f"x{o.decay_factor:g} at {', '.join(str(e) for e in o.decay_epochs)}"
+    return f"x{o.decay_factor:g} at {', '.join(f'{e:g}' for e in at)}"
 
 
 def _decay_list(text) -> tuple[int, ...]:

@@ -17,9 +17,10 @@ from ..run.reading import Run
 
 # Averaged over seeds; the other columns (order, epoch, lr) are the same in every repeat.
 AVERAGED = ("train_loss", "train_acc", "test_loss", "test_acc", "cos_param", "cos_func",
-            "func_dist")
-# Besides the storage keys (recipe.STORAGE_KEYS): the seed itself, and the run's name.
-NOT_A_SETTING = ("seed", "name")
+            "func_dist", "param_dist")
+# Besides the storage keys (recipe.STORAGE_KEYS): the seed itself, the run's name, and a
+# spawned run's parent (each seed's spawned runs come from that seed's own parent run).
+NOT_A_SETTING = ("seed", "name", "spawn.parent")
 
 
 def repeat_key(run: Run) -> str:
@@ -79,15 +80,34 @@ def group_repeats(runs: Sequence[Run]) -> tuple[list[Run], list[str]]:
         groups.setdefault(key, []).append(run)
     out, notes = [], []
     for key in order:
-        group = sorted(groups[key], key=lambda r: r.config.seed)
-        if len(group) == 1 or len({r.config.seed for r in group}) < len(group):
-            out += group  # one run, or the same seed twice: not repeats
-            continue
-        combined = combine(group)
-        out.append(combined)
-        steps = [set(r.metrics["step"]) for r in group]
-        if len(set.intersection(*steps)) < max(len(s) for s in steps):
-            notes.append(f"{combined.name}: averaged over {len(group)} seeds at the "
-                         f"{len(set.intersection(*steps))} evaluation points all of them reached")
+        for group in _by_name_if_seeds_repeat(groups[key]):
+            _add_group(group, out, notes)
     return out, notes
+
+
+def _by_name_if_seeds_repeat(runs: list[Run]) -> list[list[Run]]:
+    """The group, or, when a seed appears twice in it, its runs split by recipe name: two
+    recipes of one setting (cnnthick and table3_cnnthick) are two settings of the paper, each
+    repeated over its own seeds."""
+    seeds = [r.config.seed for r in runs]
+    if len(set(seeds)) == len(seeds):
+        return [runs]
+    by_name: dict[str, list[Run]] = {}
+    for r in runs:
+        by_name.setdefault(r.config.name, []).append(r)
+    return list(by_name.values())
+
+
+def _add_group(group: list[Run], out: list[Run], notes: list[str]) -> None:
+    """One group of runs of a setting into `out`: averaged when they are repeats."""
+    group = sorted(group, key=lambda r: r.config.seed)
+    if len(group) == 1 or len({r.config.seed for r in group}) < len(group):
+        out += group  # one run, or the same seed twice: not repeats
+        return
+    combined = combine(group)
+    out.append(combined)
+    steps = [set(r.metrics["step"]) for r in group]
+    if len(set.intersection(*steps)) < max(len(s) for s in steps):
+        notes.append(f"{combined.name}: averaged over {len(group)} seeds at the "
+                     f"{len(set.intersection(*steps))} evaluation points all of them reached")
 

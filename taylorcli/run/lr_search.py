@@ -4,13 +4,21 @@ Bai et al. chose, for each architecture, the largest learning rate in a grid und
 network's training loss decreases smoothly. Each rate trains the full network alone, from the
 recipe's θ0 on its data order and augmentation, for a few epochs at that constant rate; its
 minibatch losses are judged by `metrics.loss_curve_verdict` (finite; no tenth of the steps,
-averaged, more than 5% above the initial loss or the tenth before it; lower at the end than at
-the start). Writes lr_search.csv (the
-verdict per rate) and lr_curves.csv (every step's loss) into its own folder.
+averaged, above the initial loss or the tenth before it by more than 5% of the initial loss;
+lower at the end than at the start; and clear of chance by the middle of the trial: the tenth
+of the steps that holds its middle at most 75% of the smaller of the initial loss and the
+chance-level loss, ln C for cross-entropy over C classes). The last rule is issue 21's: a
+loss that decreases at all let rates through at which the network sits near chance for half
+the trial (a WideResNet for hundreds of steps). Rises are on the initial loss's scale, not
+relative to the window before: a loss of 0.03 that reads 0.04 in the next tenth is noise, not
+an instability. A trial as long as the run it chooses for (`--epochs`) judges the rate where
+it will be used. Writes lr_search.csv (the verdict per rate) and lr_curves.csv (every step's
+loss) into its own folder.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +38,8 @@ from ..names import FULL
 from ..recipe import Recipe, recipe_from_dict, recipe_to_dict
 from .directory import RunDir
 
-COLUMNS = ["lr", "stable", "reason", "initial_loss", "last_window_loss", "largest_rise",
-           "diverged_at_step", "chosen"]
+COLUMNS = ["lr", "stable", "reason", "initial_loss", "mid_window_loss", "clear_threshold",
+           "last_window_loss", "largest_rise", "diverged_at_step", "chosen"]
 DEFAULT_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
@@ -84,6 +92,12 @@ def losses_at(setup: Setup) -> tuple[float, np.ndarray]:
     return start, losses
 
 
+def chance_loss(recipe: Recipe, num_classes: int) -> float | None:
+    """The loss of a predictor at chance level: ln C for cross-entropy; None for MSE (its
+    reference is the initial loss)."""
+    return math.log(num_classes) if recipe.train.loss == "cross_entropy" else None
+
+
 def claim_folder(out: Path) -> RunDir:
     """`out` as this search's folder: new, empty, or an earlier search's (marked by run.json)."""
     folder = RunDir(out)
@@ -121,9 +135,10 @@ def lr_search(recipe: Recipe, lrs=DEFAULT_GRID, epochs: int = 3, out: str | Path
         for trial in trials:
             setup = first.with_recipe(trial)
             start, losses = losses_at(setup)
-            v = loss_curve_verdict(losses, start)
+            v = loss_curve_verdict(losses, start, chance=chance_loss(trial, ds.num_classes))
             rows.append({"lr": trial.optim.lr, "stable": v["stable"], "reason": v["reason"],
-                         "initial_loss": v["first"], "last_window_loss": v["last"],
+                         "initial_loss": v["first"], "mid_window_loss": v["clear_window_loss"],
+                         "clear_threshold": v["clear_threshold"], "last_window_loss": v["last"],
                          "largest_rise": v["largest_rise"], "diverged_at_step": v["diverged_at"]})
             curves += [{"lr": trial.optim.lr, "step": i + 1, "loss": float(x)}
                        for i, x in enumerate(losses)]
