@@ -348,7 +348,7 @@ def report(
 
 
 paper_app = typer.Typer(
-    help="One command for a whole paper (bai2020, fort2020, lee2019, or a manifest YAML file): "
+    help="One command for a whole paper (bai2020, fort2020, lee2019, theorem1, or a manifest YAML file): "
          "plan it, run it here at small scale, run it on a SLURM cluster, follow it, report it. "
          "Example: taylorcli paper local bai2020 --scale small",
     no_args_is_help=True)
@@ -363,7 +363,7 @@ class Scale(str, enum.Enum):
     small = "small"
 
 
-_PAPER = typer.Argument(..., metavar="PAPER", help="bai2020, fort2020, lee2019, or a manifest "
+_PAPER = typer.Argument(..., metavar="PAPER", help="bai2020, fort2020, lee2019, theorem1, or a manifest "
                         "YAML file of the same shape.", show_default=False)
 _SCALE = typer.Option(Scale.full, "--scale", help="small: every run as a digits-sized analogue "
                       "of the same structure, calibrated to train on a laptop.")

@@ -34,7 +34,7 @@ B(S_d a, W); gradients follow by autodiff of those few calls. A smooth primitive
 product of two series, needs every coefficient of its operands, and they are computed as
 before (`_apply`). Exact, not an approximation: equal to the nested construction in float64.
 For CNN-4-64 (5 bilinear layers) an order-4 training step costs 2.3 full steps of XLA
-FLOPs instead of 4.5 (README, "Speed"); for the benchmark's transformer (`bench.transformer`)
+FLOPs instead of 4.5 (results/README.md, "Speed"); for the benchmark's transformer (`bench.transformer`)
 8.0 full steps, against 24 for nested JVPs (`python -m taylorcli.bench --arch vit`).
 """
 

@@ -35,6 +35,7 @@ def quiet():
     return PlainProgress(stream=io.StringIO())
 
 
+@pytest.mark.slow
 def test_kernel_dynamics_of_a_run(tmp_path, tiny_recipe):
     recipe = tiny_recipe(*KERNELS)
     train(recipe, str(tmp_path / "run"), quiet())
@@ -107,6 +108,7 @@ def closed_form_gap(tmp_path, tiny_recipe, lr, epochs):
     return table[table["model"] == "order1"].set_index("step")
 
 
+@pytest.mark.slow
 def test_closed_form_tracks_the_linearized_model(tmp_path, tiny_recipe):
     """Gradient descent of the order-1 model follows the closed-form gradient flow up to O(η)."""
     coarse = closed_form_gap(tmp_path, tiny_recipe, 0.04, 40)

@@ -2,10 +2,13 @@
 
 import json
 
+import pytest
+
 from taylorcli.bench import benchmark as bench
 from taylorcli.engine.costs import compiled_flops
 
 
+@pytest.mark.slow
 def test_bench_writes_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     bench.main(["--arch", "cnn", "--width", "8", "--batch", "4", "--image", "12", "--orders",
@@ -22,6 +25,7 @@ def test_bench_writes_every_figure(tmp_path):
     assert fig["lockstep_flops_vs_full"] < fig["separate_flops_vs_full"]
 
 
+@pytest.mark.slow
 def test_bench_transformer_compile_and_program_size(tmp_path):
     # The transformer setting: per order its program size, tracing and compile time beside the
     # full step's, and a taylor.py to compare with (here this one: the same program).
@@ -42,6 +46,7 @@ def test_bench_transformer_compile_and_program_size(tmp_path):
         assert order2["taylorize"][key] > 0, key
 
 
+@pytest.mark.slow
 def test_transformer_first_step_in_a_fresh_process():
     f = bench.first_step_cold(bench.Setting("vit", 1, 8, 2, 4, 8, (1,), channels=1, pad=2))
     parts = ("imports_s", "setup_s", "trace_s", "compile_s", "run_s")

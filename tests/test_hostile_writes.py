@@ -298,6 +298,7 @@ def test_a_run_name_of_hundreds_of_characters_reports(tiny_run, tmp_path):
     assert (tmp_path / "rep" / "report.md").is_file()
 
 
+@pytest.mark.slow
 def test_a_corrupted_compile_cache_is_one_warning_line(tmp_path):
     raw = tiny(train={"epochs": 1, "compile_cache": str(tmp_path / "cache")})
     recipe = write_recipe(tmp_path, raw)

@@ -241,6 +241,7 @@ def test_children_metrics_against_direct_computation(parent, tmp_path):
     assert table.iloc[-1]["barrier"] == pytest.approx(max(np.array(line) - chord), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_cli_spawn_sweep_writes_the_summary_and_resumes(parent, tmp_path):
     args = ["spawn", str(parent), "--at", "0,1", "--order", "1", "--children", "2",
             "--reexpand-every", "2,inf", "--out", str(tmp_path / "sweep")]
@@ -300,6 +301,7 @@ class SignalAtStep(Quiet):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+@pytest.mark.slow
 def test_stopped_spawned_run_resumes_to_the_same_tables(parent, tmp_path):
     """A spawned run with children and re-expansion, stopped mid-way and resumed, writes the
     same metrics, children and kernel tables as one that ran through."""

@@ -75,15 +75,20 @@ PRIMITIVES = {
 
 
 @pytest.mark.parametrize("name", list(PRIMITIVES))
-def test_each_smooth_primitive_equals_nested(name):
+@pytest.mark.parametrize("orders", [pytest.param((3, 5), id="orders3,5"),
+                                    pytest.param((1, 2, 4), id="orders1,2,4",
+                                                 marks=pytest.mark.slow)])
+def test_each_smooth_primitive_equals_nested(name, orders):
     # u = a x + a b x²: a degree-2 series in Δ, so orders 3-5 take the rules' short-input path.
     prim, exact = PRIMITIVES[name] if isinstance(PRIMITIVES[name], tuple) else (PRIMITIVES[name],) * 2
     series = lambda fn: lambda p, x: fn(p["a"] * x + p["a"] * p["b"] * x * x)
     p0 = {"a": jnp.float64(0.7), "b": jnp.float64(-0.3)}
     p = {"a": jnp.float64(1.1), "b": jnp.float64(0.2)}
-    assert_equal_to_nested(series(prim), p0, p, jnp.linspace(-0.9, 1.3, 6), reference=series(exact))
+    assert_equal_to_nested(series(prim), p0, p, jnp.linspace(-0.9, 1.3, 6), orders=orders,
+                           reference=series(exact))
 
 
+@pytest.mark.slow
 def test_smooth_primitives_of_a_full_series_equal_nested():
     # Inputs that carry every coefficient (after a smooth layer), all primitives in one function.
     def f(p, x):
@@ -113,6 +118,7 @@ def test_a_moving_expansion_point_and_forward_mode():
     assert rel_diff(hess(fast), hess(ref)) < 1e-10
 
 
+@pytest.mark.slow
 def test_products_of_two_series():
     # dot_general and mul of two series-carrying operands: every pair (i, j) in one batched call.
     def f(p, x):
@@ -136,7 +142,8 @@ def block_and_params(exact_gelu):
     return lambda q, x: block.apply({"params": q}, x), p0, p, x
 
 
-@pytest.mark.parametrize("gelu,orders", [("tanh", (2,)), ("erf", (3,))])
+@pytest.mark.parametrize("gelu,orders", [pytest.param("tanh", (2,), marks=pytest.mark.slow),
+                                         ("erf", (3,))])
 def test_transformer_block_equals_nested(gelu, orders):
     apply, p0, p, x = block_and_params(gelu == "erf")
     assert_equal_to_nested(apply, p0, p, x, orders=orders)

@@ -114,6 +114,7 @@ def test_a_user_module_run_resumes_exactly_after_a_kill(user_run):
     assert list(dict.fromkeys(layers["layer"])) == ["Conv_0", "Conv_1", "Conv_2", "Dense_0"]
 
 
+@pytest.mark.slow
 def test_dry_run_and_spawn_of_a_user_module(user_run, tmp_path):
     tmp, recipe, straight = user_run
     dry = taylorcli("train", recipe, "--dry-run")
@@ -182,6 +183,7 @@ def test_the_recipe_folder_is_importable(tmp_path):
 # data: a TFDS dataset in its on-disk format, and an .npz
 
 
+@pytest.mark.slow
 def test_runs_on_a_tfds_dataset_and_on_an_npz(tmp_path):
     from test_data import _write_tfds_copy
 
@@ -296,6 +298,7 @@ def _readme_example() -> str:
     return block.group(1)
 
 
+@pytest.mark.slow
 def test_the_readme_notebook_example_runs_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(_readme_example(), "taylorcli/README.md", "exec"), {})

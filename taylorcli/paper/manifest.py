@@ -218,7 +218,7 @@ def _entry(raw: Any, i: int, source: str) -> RunEntry:
 
 
 def load_manifest(name: str, scale: str = "full") -> Manifest:
-    """A bundled paper (bai2020, fort2020, lee2019) or a manifest file, read and checked."""
+    """A bundled paper (bai2020, fort2020, lee2019, theorem1) or a manifest file, read and checked."""
     if scale not in SCALES:
         raise PaperError(f"--scale {scale}: expected one of {', '.join(SCALES)}")
     text, source, path = _read(str(name))
