@@ -42,7 +42,6 @@ The claims (PAPERS.md):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -51,8 +50,9 @@ import pandas as pd
 from ..names import FULL, model_kind, parse_model_name
 from ..recipe import setting_key
 from ..run.reading import Run
+from .intervals import LEVEL, Interval, difference, one_sample, t_quantile  # noqa: F401
+from .width_scaling import seed_slopes
 
-LEVEL = 0.95
 COLUMNS = ["paper", "claim", "setting", "quantity", "mean", "sd", "n", "test", "ci_low",
            "ci_high", "verdict", "detail"]
 HOLDS, FAILS, INCONCLUSIVE = "holds", "fails", "inconclusive"
@@ -65,61 +65,6 @@ BARRIER_MARGIN = 0.01  # Fort: a barrier "about 0": within ±1 point of test err
 CLOSED_FORM_MATCH = 0.01  # Lee: SGD on the linear model against its closed form
 TRACKS = 0.10  # Lee: the full network "tracks" its linearization
 RATE_MARGIN = 0.25  # Theorem 1's reading "decays like m^(−k/2)": a slope within ±0.25 of it
-
-
-@dataclass
-class Interval:
-    """A summary over seeds: mean, sample sd, n, the test and its 95% interval."""
-
-    mean: float
-    sd: float
-    n: int
-    test: str
-    low: float
-    high: float
-
-
-def t_quantile(df: float, level: float = LEVEL) -> float:
-    """The two-sided Student t quantile t_{(1+level)/2, df}."""
-    from scipy.stats import t
-
-    return float(t.ppf((1 + level) / 2, df))
-
-
-def one_sample(values: Sequence[float], test: str = "one-sample t") -> Interval:
-    """Mean, sample sd and the t interval of values (NaN interval for fewer than 2)."""
-    x = np.asarray([v for v in values if np.isfinite(v)], np.float64)
-    n = len(x)
-    if n == 0:
-        return Interval(math.nan, math.nan, 0, test, math.nan, math.nan)
-    mean = float(x.mean())
-    if n < 2:
-        return Interval(mean, math.nan, n, test, math.nan, math.nan)
-    sd = float(x.std(ddof=1))
-    half = t_quantile(n - 1) * sd / math.sqrt(n)
-    return Interval(mean, sd, n, test, mean - half, mean + half)
-
-
-def difference(a: dict[int, float], b: dict[int, float]) -> Interval:
-    """a − b over seeds: paired t on the seeds both have (when they are the same seeds),
-    else Welch's t interval of the difference of the means."""
-    a = {s: v for s, v in a.items() if np.isfinite(v)}
-    b = {s: v for s, v in b.items() if np.isfinite(v)}
-    if set(a) == set(b):
-        return one_sample([a[s] - b[s] for s in sorted(a)], "paired t")
-    x, y = np.asarray(list(a.values())), np.asarray(list(b.values()))
-    mean = float(x.mean() - y.mean()) if len(x) and len(y) else math.nan
-    if len(x) < 2 or len(y) < 2:
-        return Interval(mean, math.nan, min(len(x), len(y)), "Welch t", math.nan, math.nan)
-    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
-    se = math.sqrt(vx + vy)
-    if se == 0:
-        return Interval(mean, 0.0, min(len(x), len(y)), "Welch t", mean, mean)
-    df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
-    half = t_quantile(df) * se
-    # the sd of one draw of a minus one draw of b: both settings' spreads together
-    sd = math.sqrt(x.var(ddof=1) + y.var(ddof=1))
-    return Interval(mean, sd, min(len(x), len(y)), "Welch t", mean - half, mean + half)
 
 
 def verdict(iv: Interval, side: str, threshold: float = 0.0, margin: float = 0.0) -> str:
@@ -320,8 +265,6 @@ def theorem1_claims(runs: Sequence[Run]) -> list[dict]:
     """Theorem 1: per width group, order and distance, the bound (the slope is at most −k/2)
     and the headline reading (the distance decays like m^(−k/2): the slope within ±RATE_MARGIN
     of −k/2)."""
-    from .width_scaling import seed_slopes
-
     rows = []
     for group, slopes in seed_slopes(runs):
         for (distance, order), values in slopes.groupby(["distance", "order"]):

@@ -29,6 +29,7 @@ from ..metrics import fit_slope
 from ..names import is_child
 from ..recipe import setting_key
 from ..run.reading import Run
+from .intervals import one_sample
 
 DISTANCES = ("func_dist", "param_dist")
 COLUMNS = ["group", "distance", "width", "seeds"]  # then orderK, orderK_sd per order
@@ -81,8 +82,6 @@ def max_distances(group: Sequence[Run]) -> pd.DataFrame:
 
 def t_interval(values: Sequence[float]) -> tuple[float, float, float, float]:
     """(mean, sample sd, low, high) with a two-sided 95% t interval; NaNs below two values."""
-    from .claims import one_sample
-
     iv = one_sample(values)
     return iv.mean, iv.sd, iv.low, iv.high
 
