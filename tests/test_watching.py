@@ -104,3 +104,18 @@ def test_the_api_prints_concise_progress_unless_asked_not_to(tmp_path, capsys):
     assert len(shown.splitlines()) < 12
     taylorcli.train(raw, out=tmp_path / "b", progress=False)
     assert capsys.readouterr().out == ""
+
+
+def test_a_later_run_of_one_process_counts_its_start_from_its_own_call():
+    # `paper local` trains run after run in one process: only the first counts the launch.
+    import time
+
+    from taylorcli.run import startup
+
+    startup.mark_launch()
+    time.sleep(0.2)
+    first = startup.StartupClock()
+    time.sleep(0.2)
+    second = startup.StartupClock()
+    assert first.since_launch() >= 0.4 and "imports" in first.phases
+    assert second.since_launch() < 0.1 and "imports" not in second.phases

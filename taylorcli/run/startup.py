@@ -19,9 +19,12 @@ class StartupClock:
 
     def __init__(self):
         now = time.monotonic()
-        self.t0 = _launched[0] if _launched else now
+        # The launch belongs to the process's first run only: the later runs of one process
+        # (`paper local`, a notebook) count from their own call, not from the launch.
+        launched = _launched.pop() if _launched else None
+        self.t0 = launched if launched is not None else now
         self.phases: dict[str, float] = {}
-        if _launched:
+        if launched is not None:
             self.phases["imports"] = now - self.t0
         self.last = now
         self.evaluating = 0.0  # seconds spent in evaluations (and the analyses beside them)
