@@ -106,7 +106,8 @@ def test_report_fits_theorem1_over_seeds_and_both_distances(tmp_path):
     c·m^(slope) with a known slope per seed: func_dist −k/2 + (−0.1, 0, 0.1), param_dist
     −k/2 − 0.5 + (−0.1, 0, 0.1). The report's per-seed slopes, their mean, sd and t interval,
     and its reading against −k/2 are recomputed here by hand."""
-    base = recipe_from_dict({"name": "sweep", "model": {"arch": "mlp", "depth": 1}}).model_dump()
+    base = recipe_from_dict({"name": "sweep", "model": {"arch": "twolayer", "activation": "tanh"},
+                             "train": {"loss": "mse"}}).model_dump()
     shift = {0: -0.1, 1: 0.0, 2: 0.1}
     widths = (64, 256, 1024, 4096)
     for seed, d in shift.items():
@@ -124,10 +125,19 @@ def test_report_fits_theorem1_over_seeds_and_both_distances(tmp_path):
     # a run of another setting beside them is not part of the group
     _fake_run(tmp_path / "runs" / "other", {**base, "optim": {**base["optim"], "lr": 0.5}},
               _rows({"full": lambda e: {}}))
+    # a width sweep outside the theorem's setting (a ReLU MLP) is tabled but not tested
+    relu = recipe_from_dict({"name": "relusweep", "model": {"arch": "mlp", "depth": 1}}).model_dump()
+    for m in (64, 256):
+        for seed in (0, 1):
+            recipe = {**relu, "seed": seed, "model": {**relu["model"], "width": m}}
+            rows = _rows({"full": lambda e: {}, "order1": lambda e, m=m: {"func_dist": m ** -0.5}})
+            _fake_run(tmp_path / "runs" / f"relu_w{m}_s{seed}", recipe, rows)
     proc = taylorcli("report", tmp_path / "runs", "--out", tmp_path / "report", "--format", "csv")
     assert proc.returncode == 0, proc.stderr
     table = pd.read_csv(tmp_path / "report" / "theorem1.csv")
     slopes = pd.read_csv(tmp_path / "report" / "theorem1_slopes.csv")
+    table = table[table["group"].str.startswith("sweep ")]
+    slopes = slopes[slopes["group"].str.startswith("sweep ")]
     assert sorted(table["width"].unique()) == list(widths) and (table["seeds"] == 3).all()
     for (distance, m), rows in table.groupby(["distance", "width"]):
         for k in (1, 2, 3):
@@ -148,7 +158,8 @@ def test_report_fits_theorem1_over_seeds_and_both_distances(tmp_path):
                                else f"steeper than {-row.order / 2:g}")
     claims = pd.read_csv(tmp_path / "report" / "claims.csv")
     t1 = claims[claims["paper"] == "Bai 2020 (Theorem 1)"]
-    assert len(t1) == 12  # two claims, two distances, three orders
+    assert len(t1) == 12  # two claims, two distances, three orders; none for the ReLU sweep
+    assert t1["setting"].str.startswith("sweep ").all()
     for row in t1.itertuples():
         if "at least as fast" in row.claim:  # the bound: slope <= −k/2
             assert row.verdict == ("inconclusive" if "func_dist" in row.claim else "holds")

@@ -27,7 +27,8 @@ The claims (PAPERS.md):
   NTK parameterization agree better than standard parameterization at the larger lr (the same).
   Theorem 1: each order's distance (in function and in weight space) decays at least as fast
   as m^(−k/2) (the per-seed log-log slope is at most −k/2: the bound), and decays like
-  m^(−k/2) (the slope within ±0.25 of −k/2: the paper's headline reading); report/width_scaling.py.
+  m^(−k/2) (the slope within ±0.25 of −k/2: the paper's headline reading); report/width_scaling.py;
+  only runs in the theorem's setting (arch twolayer, a smooth activation, the squared loss).
 - Fort et al. 2020, per spawn sweep over seeds: Taylorized models spawned later close the gap
   to the full network; the one spawned at the latest epoch up to 45% of training is within one
   point of it; the children's error barrier is positive when spawned earliest, falls by the
@@ -261,10 +262,18 @@ def table4_claims(groups: list[list[Run]], recipes: set[str]) -> list[dict]:
     return rows
 
 
+def in_theorem1_setting(run: Run) -> bool:
+    """Whether a run is in Theorem 1's setting: arch twolayer, a smooth activation, MSE."""
+    c = run.config
+    return c.model.arch == "twolayer" and c.model.activation != "relu" and c.train.loss == "mse"
+
+
 def theorem1_claims(runs: Sequence[Run]) -> list[dict]:
     """Theorem 1: per width group, order and distance, the bound (the slope is at most −k/2)
     and the headline reading (the distance decays like m^(−k/2): the slope within ±RATE_MARGIN
-    of −k/2)."""
+    of −k/2). Only runs in the theorem's setting (the two-layer network of its Appendix A, a
+    smooth activation, the squared loss) are tested: other width sweeps are only tabled."""
+    runs = [r for r in runs if in_theorem1_setting(r)]
     rows = []
     for group, slopes in seed_slopes(runs):
         for (distance, order), values in slopes.groupby(["distance", "order"]):
