@@ -219,6 +219,19 @@ def build_plan(manifest: Manifest, data: str | None = None,
     return Plan(manifest, runs, data, float(tflops))
 
 
+def _per_setting(plan: Plan, measure, say, report=None):
+    """(run, measure(run.recipe), first) for each run, measured once per distinct setting."""
+    seen: dict[str, tuple] = {}
+    for run in plan.runs:
+        key = setting_key(run.recipe, ignore=COST_FREE)
+        first = key not in seen
+        if first:
+            if report is not None:
+                report(say(run))
+            seen[key] = measure(run.recipe)
+        yield run, seen[key], first
+
+
 def add_costs(plan: Plan, report=None) -> Plan:
     """Compile each distinct setting's lockstep step once and record parameters, FLOPs, memory."""
     import jax
@@ -226,16 +239,14 @@ def add_costs(plan: Plan, report=None) -> Plan:
     from ..engine.costs import step_cost
     from ..engine.setup import build_setup
 
-    seen: dict[str, tuple] = {}
-    for run in plan.runs:
-        key = setting_key(run.recipe, ignore=COST_FREE)
-        if key not in seen:
-            if report is not None:
-                report(f"compiling {run.name}'s lockstep step ({', '.join(run.models)}) ...")
-            with jax.enable_x64(run.recipe.train.precision == "float64"):
-                c = step_cost(build_setup(run.recipe))
-            seen[key] = (c.params, c.flops, c.peak_bytes)
-        run.params, run.flops_per_step, run.memory_bytes = seen[key]
+    def cost(recipe):
+        with jax.enable_x64(recipe.train.precision == "float64"):
+            c = step_cost(build_setup(recipe))
+        return c.params, c.flops, c.peak_bytes
+
+    say = lambda run: f"compiling {run.name}'s lockstep step ({', '.join(run.models)}) ..."
+    for run, measured, _ in _per_setting(plan, cost, say, report):
+        run.params, run.flops_per_step, run.memory_bytes = measured
     return plan
 
 
@@ -281,17 +292,10 @@ def time_setting(recipe: Recipe, steps: int = TIMED_STEPS) -> tuple[float, float
 def add_wall_times(plan: Plan, report=None) -> Plan:
     """Each distinct setting's compile, step and evaluation time measured here (time_setting),
     so that every run has an estimated wall time on this machine."""
-    seen: dict[str, tuple] = {}
-    for run in plan.runs:
-        key = setting_key(run.recipe, ignore=COST_FREE)
-        if key not in seen:
-            if report is not None:
-                report(f"timing {run.name}'s lockstep step and evaluation here ...")
-            seen[key] = time_setting(run.recipe)
-            run.compile_s = seen[key][0]  # compiled once per setting with a warm cache after
-        else:
-            run.compile_s = 0.0
-        _, run.step_s, run.eval_s = seen[key]
+    say = lambda run: f"timing {run.name}'s lockstep step and evaluation here ..."
+    for run, (compile_s, run.step_s, run.eval_s), first in _per_setting(plan, time_setting, say,
+                                                                         report):
+        run.compile_s = compile_s if first else 0.0  # once per setting: a warm cache after
     return plan
 
 

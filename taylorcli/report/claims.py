@@ -191,12 +191,16 @@ def bai_order_claims(group: Sequence[Run]) -> list[dict]:
     if len(orders) < 1 or FULL not in set(first.metrics["model"]):
         return []
     name, rows = label(group), []
-    if len(orders) >= 2:
-        iv = one_sample(list(per_seed(group, lambda r: _min_step(r, "test_acc", orders)).values()),
+
+    def rises(metric: str, said: str, short: str) -> dict:
+        iv = one_sample(list(per_seed(group, lambda r: _min_step(r, metric, orders)).values()),
                         "paired t (min over k)")
-        rows.append(row("Bai 2020", "test accuracy rises with k", name,
-                        "min_k [acc(k+1) − acc(k)], final", iv, "greater",
-                        detail=_steps_detail(group, "test_acc", orders)))
+        return row("Bai 2020", f"{said} rises with k", name,
+                   f"min_k [{short}(k+1) − {short}(k)], final", iv, "greater",
+                   detail=_steps_detail(group, metric, orders))
+
+    if len(orders) >= 2:
+        rows.append(rises("test_acc", "test accuracy", "acc"))
     best = per_seed(group, lambda r: _final(r, FULL, "test_acc")
                     - max(_final(r, f"order{k}", "test_acc") for k in orders))
     rows.append(row("Bai 2020", "the full network is best", name,
@@ -204,11 +208,7 @@ def bai_order_claims(group: Sequence[Run]) -> list[dict]:
                                                                  "paired t"), "greater",
                     detail=f"best order on average: k={_best_order(group, orders)}"))
     if len(orders) >= 2:
-        iv = one_sample(list(per_seed(group, lambda r: _min_step(r, "cos_func", orders)).values()),
-                        "paired t (min over k)")
-        rows.append(row("Bai 2020", "cos_func rises with k", name,
-                        "min_k [cos_func(k+1) − cos_func(k)], final", iv, "greater",
-                        detail=_steps_detail(group, "cos_func", orders)))
+        rows.append(rises("cos_func", "cos_func", "cos_func"))
     return rows
 
 
