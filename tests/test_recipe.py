@@ -244,3 +244,19 @@ def test_the_fields_table_in_recipes_readme_is_the_schemas():
     from taylorcli.recipe.schema import KEYS
 
     assert all(f"`{key}`" in text for key in KEYS)
+
+
+def test_decays_as_fractions_keep_their_shape_at_any_length():
+    # The digits recipe decays x0.1 at 1/2 and 3/4 of its length, so the shortest try of it
+    # (`--set train.epochs=2`) is accepted and decays at epochs 1 and 1.5.
+    from taylorcli.engine.optimizer import make_schedule
+    from taylorcli.recipe import load_named_recipe
+
+    recipe = load_named_recipe("digits", ["train.epochs=2"])
+    lr, spe = recipe.optim.lr, 10
+    schedule = make_schedule(recipe.optim, spe, recipe.train.epochs)
+    want = {0: lr, 9: lr, 10: lr / 10, 14: lr / 10, 15: lr / 100, 19: lr / 100}
+    for step, value in want.items():
+        assert float(schedule(step)) == pytest.approx(value, rel=1e-6), step
+    with pytest.raises(RecipeError, match="decay_epochs or decay_fractions"):
+        load_named_recipe("digits", ["optim.decay_epochs=[1]"])
