@@ -87,6 +87,7 @@ def test_relative_change_sees_a_rescaled_kernel_that_the_distance_does_not():
     assert math.isnan(relative_change(np.zeros((2, 2)), np.eye(2)))
 
 
+@pytest.mark.slow
 def test_report_reads_kernels_written_before_the_relative_change(tmp_path, tiny_recipe):
     """An old run's kernels.csv, without relative_change, still gives its kernel figure."""
     out = tmp_path / "old"

@@ -53,6 +53,7 @@ def test_transformer_first_step_in_a_fresh_process():
     assert all(f[k] > 0 for k in parts) and f["total_s"] >= sum(f[k] for k in parts)
 
 
+@pytest.mark.slow
 def test_taylor_mode_needs_fewer_flops_than_nested_jvps_at_order_3():
     b = bench.Bench(bench.Setting("cnn", 4, 8, 1, 8, 16, (3,)), repeats=1)
     fast = compiled_flops(b.compiled(b.engine_for(["order3"]))[0])
@@ -67,6 +68,7 @@ def test_union_of_intervals():
     assert _busy([(4, 9), (0, 1), (2, 3)]) == 7
 
 
+@pytest.mark.slow
 def test_profile_breaks_each_step_down(tmp_path):
     rows = bench.profile_orders(bench.Bench(bench.Setting("cnn", 2, 4, 1, 4, 12, (2,)), 1), tmp_path)
     assert set(rows) == {"order 2 taylorize", "order 2 nested"}

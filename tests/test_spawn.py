@@ -318,6 +318,7 @@ def test_stopped_spawned_run_resumes_to_the_same_tables(parent, tmp_path):
             table_without_clock(tmp_path / "b" / table), table
 
 
+@pytest.mark.slow
 def test_spawn_of_a_spawned_run_starts_from_its_own_trajectory(parent, tmp_path):
     """A spawned run without a checkpoint before the new spawn point is rebuilt from its own
     parent, not from the seed; epochs before its own spawn point are refused."""

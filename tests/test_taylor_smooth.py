@@ -75,8 +75,8 @@ PRIMITIVES = {
 
 
 @pytest.mark.parametrize("name", list(PRIMITIVES))
-@pytest.mark.parametrize("orders", [pytest.param((3, 5), id="orders3,5"),
-                                    pytest.param((1, 2, 4), id="orders1,2,4",
+@pytest.mark.parametrize("orders", [pytest.param((4,), id="order4"),
+                                    pytest.param((1, 2, 3, 5), id="orders1,2,3,5",
                                                  marks=pytest.mark.slow)])
 def test_each_smooth_primitive_equals_nested(name, orders):
     # u = a x + a b x²: a degree-2 series in Δ, so orders 3-5 take the rules' short-input path.
@@ -101,6 +101,7 @@ def test_smooth_primitives_of_a_full_series_equal_nested():
     assert_equal_to_nested(f, p0, p, jnp.linspace(-1.0, 1.0, 6), orders=(3,))
 
 
+@pytest.mark.slow
 def test_a_moving_expansion_point_and_forward_mode():
     # Derivatives with respect to the data move x0 itself (the rule's δx0 term); forward mode
     # goes through the rules' custom JVPs; second derivatives through their JVPs in turn.
@@ -142,8 +143,8 @@ def block_and_params(exact_gelu):
     return lambda q, x: block.apply({"params": q}, x), p0, p, x
 
 
-@pytest.mark.parametrize("gelu,orders", [pytest.param("tanh", (2,), marks=pytest.mark.slow),
-                                         ("erf", (3,))])
+@pytest.mark.slow
+@pytest.mark.parametrize("gelu,orders", [("tanh", (2,)), ("erf", (3,))])
 def test_transformer_block_equals_nested(gelu, orders):
     apply, p0, p, x = block_and_params(gelu == "erf")
     assert_equal_to_nested(apply, p0, p, x, orders=orders)

@@ -52,9 +52,9 @@ def write_recipe(tmp_path, raw, name="user.yaml"):
 # the Taylor expansion of a user's module
 
 
-@pytest.mark.parametrize("arch, kwargs", [("user_nets:TinyResNet", {"channels": 3}),
-                                          ("resnet_nobn:ResNetNoBN", {"channels": 3, "blocks": 2})],
-                         ids=["tiny-resnet", "bundled-resnet"])
+@pytest.mark.parametrize("arch, kwargs", [
+    pytest.param("user_nets:TinyResNet", {"channels": 3}, id="tiny-resnet", marks=pytest.mark.slow),
+    pytest.param("resnet_nobn:ResNetNoBN", {"channels": 3, "blocks": 2}, id="bundled-resnet")])
 def test_a_user_modules_taylor_models_equal_nested_jvps(arch, kwargs):
     folder = HERE if arch.startswith("user_nets") else ROOT / "recipes"
     cfg = recipe_from_dict({"model": {"arch": arch, "kwargs": kwargs,
