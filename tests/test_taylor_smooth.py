@@ -76,8 +76,7 @@ PRIMITIVES = {
 
 @pytest.mark.parametrize("name", list(PRIMITIVES))
 @pytest.mark.parametrize("orders", [pytest.param((4,), id="order4"),
-                                    pytest.param((1, 2, 3, 5), id="orders1,2,3,5",
-                                                 marks=pytest.mark.slow)])
+                                    pytest.param((2, 5), id="orders2,5", marks=pytest.mark.slow)])
 def test_each_smooth_primitive_equals_nested(name, orders):
     # u = a x + a b x²: a degree-2 series in Δ, so orders 3-5 take the rules' short-input path.
     prim, exact = PRIMITIVES[name] if isinstance(PRIMITIVES[name], tuple) else (PRIMITIVES[name],) * 2
@@ -144,17 +143,12 @@ def block_and_params(exact_gelu):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("gelu,orders", [("tanh", (2,)), ("erf", (3,))])
-def test_transformer_block_equals_nested(gelu, orders):
+@pytest.mark.parametrize("gelu,orders", [("tanh", (1, 2, 4)), ("erf", (3, 5))], ids=["tanh", "erf"])
+def test_transformer_block_equals_nested_at_every_order(gelu, orders):
+    # Every order 1-5 once across the two GELUs (each order of nested JVPs compiles a program
+    # that grows like 3^k: all five for both took two minutes).
     apply, p0, p, x = block_and_params(gelu == "erf")
     assert_equal_to_nested(apply, p0, p, x, orders=orders)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("gelu", ["tanh", "erf"])
-def test_transformer_block_equals_nested_at_every_order(gelu):
-    apply, p0, p, x = block_and_params(gelu == "erf")
-    assert_equal_to_nested(apply, p0, p, x, orders=(1, 2, 3, 4, 5))
 
 
 @pytest.mark.slow
@@ -164,4 +158,4 @@ def test_the_bench_transformer_equals_nested():
     v0 = jax.tree.map(lambda a: a.astype(images.dtype), vit.init(jax.random.key(0), images)["params"])
     keys = iter(jax.random.split(jax.random.key(4), 64))
     v = jax.tree.map(lambda a: a + 0.2 * jax.random.normal(next(keys), a.shape), v0)
-    assert_equal_to_nested(lambda q, x: vit.apply({"params": q}, x), v0, v, images, orders=(2, 4))
+    assert_equal_to_nested(lambda q, x: vit.apply({"params": q}, x), v0, v, images, orders=(3,))
