@@ -146,6 +146,7 @@ def test_closed_form_refuses_settings_it_does_not_describe(tiny_recipe, bad, key
         tiny_recipe(*LEE, bad)
 
 
+@pytest.mark.slow
 def test_report_draws_the_analyses(tmp_path, tiny_recipe):
     from taylorcli.report.paper_report import report
 

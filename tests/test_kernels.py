@@ -61,8 +61,9 @@ def check_against_materialized(f, params, x1, x2, block):
                                    full[np.ix_(rows, cols)], rtol=RTOL)
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
-@pytest.mark.parametrize("block", [2, 16])  # 5 and 3 examples: ragged last block; one padded block
+# block 2: 5 and 3 examples, a ragged last block; block 16: one padded block
+@pytest.mark.parametrize("kind, block", [("mlp", 2), ("mlp", 16), ("cnn", 16),
+                                         pytest.param("cnn", 2, marks=pytest.mark.slow)])
 def test_ntk_equals_materialized_jacobian(kind, block):
     f, _, params, x1, x2 = network(kind)
     check_against_materialized(f, params, x1, x2, block)
