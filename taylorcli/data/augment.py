@@ -34,11 +34,13 @@ def float_dtype():
     return jax.dtypes.canonicalize_dtype(jnp.float64)
 
 
-def standardize(images, *, mean, std) -> jnp.ndarray:
-    """Scale images to [0,1] (uint8 / 255) and standardize per channel (test time; jittable)."""
+def standardize(images, *, mean, std, xp=jnp):
+    """Scale images to [0,1] (uint8 / 255) and standardize per channel (test time; jittable).
+    `xp=np` computes it on the host, where eager device operations would each compile."""
     dtype = float_dtype()
-    x = jnp.asarray(images).astype(dtype) * pixel_scale(jnp.asarray(images).dtype)
-    return (x - jnp.asarray(mean, dtype)) / jnp.asarray(std, dtype)
+    x = xp.asarray(images)
+    x = x.astype(dtype) * dtype.type(pixel_scale(x.dtype))
+    return (x - xp.asarray(mean, dtype)) / xp.asarray(std, dtype)
 
 
 def augment(key, images, *, pad: int, flip: bool, mean, std,

@@ -34,9 +34,7 @@ class Evaluator:
         padded = math.ceil(n / self.batch) * self.batch
         # Standardized on the host and sent once: eager device operations would each compile
         # a small program at start-up.
-        dtype = np.dtype(data_lib.float_dtype())
-        x = ds.test_x.astype(dtype) * dtype.type(data_lib.pixel_scale(ds.test_x.dtype))
-        x = (x - np.asarray(ds.mean, dtype)) / np.asarray(ds.std, dtype)
+        x = data_lib.standardize(ds.test_x, mean=ds.mean, std=ds.std, xp=np)
         # Pad to whole batches so one compiled function serves the whole test set.
         self.test_x = jnp.asarray(np.pad(x, [(0, padded - n)] + [(0, 0)] * (x.ndim - 1)))
         self.test_y = jnp.asarray(ds.test_y)

@@ -217,7 +217,7 @@ class _Training:
         if resumed:
             tables.restore(meta.get("tables"), start, spe)
         self.clock.mark("state")
-        compiling = None
+        compiling, perm = None, None
         if not recipe.train.split_models and start < self.total:
             # The step compiles (or loads from the cache) while the first evaluation runs.
             perm = replicate(epoch_permutations(engine, recipe.seed, start // spe,
@@ -230,7 +230,6 @@ class _Training:
                                       recipe.log.every_steps, start, resumed)
         self.progress.start(self.total, spe, engine.names, first_step=start)
         t0, last, startup = time.monotonic(), {}, None
-        perm = None if compiling is None else perm
         for step in range(start, self.total + 1):
             # A checkpoint at `start` was taken after that step's evaluation and saves.
             resumed_here = resumed and step == start
